@@ -1,0 +1,143 @@
+"""Read one component folder of a diffusers-layout checkpoint: its config and its tensors.
+
+A component folder (``unet/``, ``movq/``, ``prior/`` ...) holds ``config.json`` and one weights file.
+Modules are built on the ``meta`` device and the tensors are *assigned* to them (no random init, no
+second copy): safetensors files are memory-mapped, so a CPU load in the stored dtype touches each byte
+once. Pickled ``.bin`` files are read with ``torch.load(weights_only=True)``, which runs no code.
+
+This module imports nothing else from kcli.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+from kcli.loading.errors import CheckpointError
+
+M = TypeVar("M", bound=nn.Module)
+
+# Looked up in this order: safetensors first, so a folder with both never goes through pickle.
+WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+    "pytorch_model.bin",
+)
+
+Rules = Iterable[tuple[str, str]]
+
+
+def read_json(path: Path) -> dict:
+    """Read a JSON object, turning every way it can be unusable into a one-line CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e.__class__.__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return data
+
+
+def read_config(folder: Path) -> dict:
+    return read_json(Path(folder) / "config.json")
+
+
+def find_weights(folder: Path) -> Path:
+    folder = Path(folder)
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"{folder} has no weights file (looked for {', '.join(WEIGHT_FILES[:2])})")
+
+
+def read_tensors(path: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> dict:
+    """All tensors of a weights file, floating ones cast to ``dtype`` (None keeps the stored dtype)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            tensors = {}
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                for key in f.keys():
+                    tensors[key] = f.get_tensor(key)
+        else:
+            tensors = torch.load(path, map_location=device, weights_only=True, mmap=True)
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors and torch raise several unrelated types for a damaged file
+        raise CheckpointError(f"{path} is corrupt or truncated ({e.__class__.__name__}: {e})") from None
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    return tensors
+
+
+def rename_keys(tensors: dict, rules: Rules) -> dict:
+    """Apply ordered ``(regex, replacement)`` rules to every key; the first rule that matches wins."""
+    compiled = [(re.compile(p), r) for p, r in rules]
+    if not compiled:
+        return tensors
+    out = {}
+    for key, value in tensors.items():
+        for pattern, repl in compiled:
+            new, n = pattern.subn(repl, key)
+            if n:
+                key = new
+                break
+        out[key] = value
+    return out
+
+
+def assign_weights(module: nn.Module, tensors: dict, *, source: Path | str, rules: Rules = ()) -> nn.Module:
+    """Assign checkpoint tensors to a (meta-built) module; strict on names and shapes."""
+    tensors = rename_keys(tensors, rules)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s), e.g. {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected, e.g. {', '.join(unexpected[:3])}")
+        raise CheckpointError(f"{source} does not fit its config: {'; '.join(parts)}")
+    for key, ref in expected.items():
+        if tuple(tensors[key].shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"{source}: tensor {key} has shape {tuple(tensors[key].shape)}, the config needs {tuple(ref.shape)}"
+            )
+    module.load_state_dict(tensors, strict=True, assign=True)
+    leftover = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if leftover:  # a programming error: a module registered a buffer that the checkpoint cannot fill
+        raise RuntimeError(f"{type(module).__name__} left tensors on the meta device: {leftover[:3]}")
+    return module.eval().requires_grad_(False)
+
+
+def load_module(
+    folder: Path,
+    build: Callable[[dict], M],
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    rules: Rules = (),
+) -> M:
+    """Build a module from ``folder/config.json`` on the meta device and fill it from the folder's weights."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder")
+    config = read_config(folder)
+    weights = find_weights(folder)
+    with torch.device("meta"):
+        module = build(config)
+    return assign_weights(module, read_tensors(weights, dtype, device), source=weights, rules=rules)

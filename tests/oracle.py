@@ -1,0 +1,49 @@
+"""diffusers as the test oracle: reference pipelines loaded from the tiny checkpoints on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def combined_22(prior: Path, decoder: Path, scheduler_cls=None):
+    from diffusers import (
+        DDPMScheduler, KandinskyV22CombinedPipeline, PriorTransformer, UnCLIPScheduler, UNet2DConditionModel,
+        VQModel,
+    )
+    from transformers import (
+        CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection,
+    )
+
+    prior, decoder = Path(prior), Path(decoder)
+    scheduler_cls = scheduler_cls or DDPMScheduler
+    pipe = KandinskyV22CombinedPipeline(
+        unet=UNet2DConditionModel.from_pretrained(decoder / "unet"),
+        scheduler=scheduler_cls.from_pretrained(decoder / "scheduler"),
+        movq=VQModel.from_pretrained(decoder / "movq"),
+        prior_prior=PriorTransformer.from_pretrained(prior / "prior"),
+        prior_image_encoder=CLIPVisionModelWithProjection.from_pretrained(prior / "image_encoder"),
+        prior_text_encoder=CLIPTextModelWithProjection.from_pretrained(prior / "text_encoder"),
+        prior_tokenizer=CLIPTokenizer.from_pretrained(prior / "tokenizer"),
+        prior_scheduler=UnCLIPScheduler.from_pretrained(prior / "scheduler"),
+        prior_image_processor=CLIPImageProcessor.from_pretrained(prior / "image_processor"),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def as_uint8(images) -> np.ndarray:
+    """(B, H, W, 3) uint8 from diffusers' ``output_type="np"`` floats, rounded the way PIL output is."""
+    return (np.asarray(images) * 255).round().astype(np.uint8)
+
+
+def assert_images_match(ours: np.ndarray, ref: np.ndarray, *, mean_tol=0.5, within=2, share=0.995) -> None:
+    """The bulk of the image must agree (shared/reference/README.md): random tiny weights amplify float noise."""
+    assert ours.shape == ref.shape, f"shape {ours.shape} != reference {ref.shape}"
+    diff = np.abs(ours.astype(np.int16) - ref.astype(np.int16))
+    close = float((diff <= within).mean())
+    assert diff.mean() <= mean_tol and close >= share, (
+        f"mean |diff| {diff.mean():.3f}/255, {close:.4%} within {within}/255, max {diff.max()}"
+    )

@@ -1,0 +1,173 @@
+"""Tiny random Kandinsky checkpoints in the real diffusers on-disk layout, written with diffusers' own classes.
+
+The hub cannot be reached here, so the tests make their own checkpoints: the same folders, file names and
+config keys as ``kandinsky-community/kandinsky-2-2-prior`` and ``-decoder``, with layers a few channels wide.
+Our loaders read them through exactly the code path they use for the real files, and diffusers (the oracle)
+reads the same files back from disk.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+# The 256 byte characters of byte-level BPE, in the order GPT-2/CLIP define them.
+def _byte_chars() -> list[str]:
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = keep[:]
+    n = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            codes.append(256 + n)
+            n += 1
+    return [chr(c) for c in codes]
+
+
+def write_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> None:
+    """A CLIP BPE tokenizer over the 256 byte characters, no merges: every character is a token."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = _byte_chars()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = 512
+    vocab["<|endoftext|>"] = 513  # the largest id, as in the real vocab: pooling takes the first argmax
+    src = folder / "_src"
+    src.mkdir(exist_ok=True)
+    (src / "vocab.json").write_text(json.dumps(vocab))
+    (src / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(src / "vocab.json"), str(src / "merges.txt"), pad_token=pad_token)
+    tok.model_max_length = 77
+    tok.save_pretrained(folder)
+    for f in src.iterdir():
+        f.unlink()
+    src.rmdir()
+
+
+def _model_index(folder: Path, class_name: str, parts: dict[str, tuple[str, str]]) -> None:
+    index = {"_class_name": class_name, "_diffusers_version": "0.42.1"}
+    index.update({k: list(v) for k, v in parts.items()})
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def make_prior_22(folder: Path, seed: int = 0, embed_dim: int = 32) -> Path:
+    """A tiny ``kandinsky-2-2-prior``: prior, CLIP text and image encoders, tokenizer, image processor, scheduler."""
+    from diffusers import PriorTransformer, UnCLIPScheduler
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    prior = PriorTransformer(
+        num_attention_heads=2, attention_head_dim=12, embedding_dim=embed_dim, num_layers=2
+    )
+    with torch.no_grad():  # diffusers inits clip_std to zeros, which would make every output clip_mean
+        prior.clip_mean.copy_(0.1 * torch.randn_like(prior.clip_mean))
+        prior.clip_std.copy_(1.0 + 0.1 * torch.randn_like(prior.clip_std))
+    prior.save_pretrained(folder / "prior")
+
+    text = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=embed_dim, projection_dim=embed_dim,
+            intermediate_size=37, layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=3,
+            vocab_size=1000, hidden_act="gelu", max_position_embeddings=77,
+        )
+    )
+    text.save_pretrained(folder / "text_encoder")
+    vision = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=embed_dim, image_size=224, projection_dim=embed_dim, intermediate_size=37,
+            num_attention_heads=4, num_channels=3, num_hidden_layers=3, patch_size=14, hidden_act="gelu",
+        )
+    )
+    vision.save_pretrained(folder / "image_encoder")
+    write_clip_tokenizer(folder / "tokenizer")
+    CLIPImageProcessor(
+        crop_size=224, do_center_crop=True, do_normalize=True, do_resize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+        resample=3, size=224,
+    ).save_pretrained(folder / "image_processor")
+    UnCLIPScheduler(
+        variance_type="fixed_small_log", prediction_type="sample", num_train_timesteps=1000,
+        clip_sample=True, clip_sample_range=10.0,
+    ).save_pretrained(folder / "scheduler")
+    _model_index(
+        folder, "KandinskyV22PriorPipeline",
+        {
+            "prior": ("diffusers", "PriorTransformer"),
+            "text_encoder": ("transformers", "CLIPTextModelWithProjection"),
+            "image_encoder": ("transformers", "CLIPVisionModelWithProjection"),
+            "tokenizer": ("transformers", "CLIPTokenizer"),
+            "image_processor": ("transformers", "CLIPImageProcessor"),
+            "scheduler": ("diffusers", "UnCLIPScheduler"),
+        },
+    )
+    return folder
+
+
+def tiny_unet_22(embed_dim: int = 32, in_channels: int = 4, seed: int = 0):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        in_channels=in_channels, out_channels=8, addition_embed_type="image",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(32, 64), layers_per_block=1,
+        encoder_hid_dim=embed_dim, encoder_hid_dim_type="image_proj", cross_attention_dim=32,
+        attention_head_dim=4, resnet_time_scale_shift="scale_shift", class_embed_type=None, norm_num_groups=8,
+    )
+
+
+def tiny_movq(seed: int = 0):
+    """Four levels like the real MoVQ, so latents are 1/8 of the image and sizes round to 64 px."""
+    from diffusers import VQModel
+
+    torch.manual_seed(seed)
+    return VQModel(
+        block_out_channels=[32, 32, 64, 64],
+        down_block_types=["DownEncoderBlock2D"] * 3 + ["AttnDownEncoderBlock2D"],
+        up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 3,
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+        norm_type="spatial", num_vq_embeddings=12, vq_embed_dim=4,
+    )
+
+
+def ddpm_scheduler_config(clip_sample: bool = True) -> dict:
+    # As on the hub's kandinsky-2-2-decoder (clip_sample edited to true there; see shared/reference).
+    return {
+        "_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear",
+        "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": clip_sample, "set_alpha_to_one": False,
+        "steps_offset": 1, "prediction_type": "epsilon", "thresholding": False,
+    }
+
+
+def make_decoder_22(folder: Path, seed: int = 0, embed_dim: int = 32, in_channels: int = 4,
+                    scheduler: dict | None = None) -> Path:
+    """A tiny ``kandinsky-2-2-decoder`` (``in_channels=9`` gives the inpainting decoder)."""
+    folder = Path(folder)
+    tiny_unet_22(embed_dim, in_channels, seed).save_pretrained(folder / "unet")
+    tiny_movq(seed + 1).save_pretrained(folder / "movq")
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps(scheduler or ddpm_scheduler_config(), indent=2)
+    )
+    name = "KandinskyV22InpaintPipeline" if in_channels == 9 else "KandinskyV22Pipeline"
+    _model_index(
+        folder, name,
+        {
+            "unet": ("diffusers", "UNet2DConditionModel"),
+            "movq": ("diffusers", "VQModel"),
+            "scheduler": ("diffusers", "DDPMScheduler"),
+        },
+    )
+    return folder
