@@ -35,3 +35,17 @@ def decoder22(ckpt_root) -> Path:
     import tiny
 
     return tiny.make_decoder_22(ckpt_root / "kandinsky-2-2-decoder")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Keep the zero-embedding cache (and anything else kcli caches) out of the user's home."""
+    monkeypatch.setenv("KANDINSKY_HOME", str(tmp_path_factory.getbasetemp() / "kandinsky-home"))
+
+
+@pytest.fixture(scope="session")
+def reference22(prior22, decoder22):
+    """diffusers' KandinskyV22CombinedPipeline on the same files, loaded from disk."""
+    import oracle
+
+    return oracle.combined_22(prior22, decoder22)
