@@ -1,0 +1,117 @@
+"""The discrete diffusion schedule shared by the samplers, read from a checkpoint's ``scheduler_config.json``.
+
+Everything a sampler needs is here: the betas and cumulative alphas, the spacing of the inference
+timesteps over the training ones, and the x0 prediction with its clipping or dynamic thresholding.
+Values are computed in float32 like diffusers' schedulers, so a seed gives the same image.
+References: diffusers ``schedulers/scheduling_ddpm.py`` and ``scheduling_ddim.py`` (set_timesteps, step),
+DDPM (arXiv 2006.11239), DDIM (2010.02502), "Common Diffusion Noise Schedules..." (2305.08891, spacing),
+Imagen (2205.11487, dynamic thresholding).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kcli.loading.errors import CheckpointError
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+SPACINGS = ("leading", "trailing", "linspace")
+PREDICTIONS = ("epsilon", "sample", "v_prediction")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    kind: str  # the checkpoint's _class_name, e.g. "DDPMScheduler"
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    prediction_type: str = "epsilon"
+    variance_type: str = "fixed_small"
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
+    timestep_spacing: str = "leading"
+    steps_offset: int = 0
+    set_alpha_to_one: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ScheduleConfig:
+        """Translate a scheduler_config.json; keys it omits take diffusers' defaults for that class."""
+        fields = {f for f in cls.__dataclass_fields__ if f != "kind"}
+        cfg = cls(kind=d.get("_class_name", "DDPMScheduler"), **{k: v for k, v in d.items() if k in fields})
+        for name, allowed in (("beta_schedule", BETA_SCHEDULES), ("timestep_spacing", SPACINGS),
+                              ("prediction_type", PREDICTIONS)):
+            if getattr(cfg, name) not in allowed:
+                raise CheckpointError(f"unsupported scheduler: {name} {getattr(cfg, name)!r} (supported: {allowed})")
+        return cfg
+
+
+def betas(cfg: ScheduleConfig) -> torch.Tensor:
+    T = cfg.num_train_timesteps
+    if cfg.beta_schedule == "linear":
+        return torch.linspace(cfg.beta_start, cfg.beta_end, T, dtype=torch.float32)
+    if cfg.beta_schedule == "scaled_linear":
+        return torch.linspace(cfg.beta_start**0.5, cfg.beta_end**0.5, T, dtype=torch.float32) ** 2
+    # squaredcos_cap_v2: the cosine schedule of improved DDPM, each beta capped at 0.999
+
+    def alpha_bar(t):
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    return torch.tensor([min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), 0.999) for i in range(T)],
+                        dtype=torch.float32)
+
+
+def alphas_cumprod(cfg: ScheduleConfig) -> torch.Tensor:
+    return torch.cumprod(1.0 - betas(cfg), dim=0)
+
+
+def spaced_timesteps(cfg: ScheduleConfig, n: int) -> list[int]:
+    """``n`` inference timesteps, descending, spaced over the training timesteps as the config says."""
+    T = cfg.num_train_timesteps
+    if not 1 <= n <= T:
+        raise ValueError(f"steps must be between 1 and {T}, got {n}")
+    if cfg.timestep_spacing == "linspace":
+        ts = np.linspace(0, T - 1, n).round()[::-1]
+    elif cfg.timestep_spacing == "leading":
+        ts = (np.arange(n) * (T // n)).round()[::-1] + cfg.steps_offset
+    else:  # trailing
+        ts = np.round(np.arange(T, 0, -T / n)) - 1
+    return [int(t) for t in ts]
+
+
+def predict_x0(cfg: ScheduleConfig, model_output: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
+    """The model's estimate of the clean sample at cumulative alpha ``a_t``, clipped as configured."""
+    if cfg.prediction_type == "epsilon":
+        x0 = (x - (1 - a_t) ** 0.5 * model_output) / a_t**0.5
+    elif cfg.prediction_type == "sample":
+        x0 = model_output
+    else:  # v_prediction
+        x0 = a_t**0.5 * x - (1 - a_t) ** 0.5 * model_output
+    if cfg.thresholding:
+        return dynamic_threshold(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+    if cfg.clip_sample:
+        return x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+    return x0
+
+
+def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding: clamp each sample to its ``ratio`` quantile of |x0| (at least 1), rescale."""
+    flat = x0.float().flatten(1)
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value)[:, None]
+    return (flat.clamp(-s, s) / s).reshape(x0.shape).to(x0.dtype)
+
+
+def predict_eps(cfg: ScheduleConfig, model_output: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
+    """The noise implied by the (unclipped) model output: what DDIM moves along."""
+    if cfg.prediction_type == "epsilon":
+        return model_output
+    if cfg.prediction_type == "sample":
+        return (x - a_t**0.5 * model_output) / (1 - a_t) ** 0.5
+    return a_t**0.5 * model_output + (1 - a_t) ** 0.5 * x  # v_prediction
