@@ -1,0 +1,106 @@
+"""CLIP text and image towers of the prior, as thin wrappers over ``transformers``.
+
+They tokenize and preprocess inside, and return plain tensors. The prior folder holds them in the
+transformers layout (``text_encoder/``, ``tokenizer/``, ``image_encoder/``, ``image_processor/``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kcli.loading.errors import CheckpointError
+
+MAX_TOKENS = 77
+
+
+def _quiet_transformers() -> None:
+    """transformers draws its own progress bars and warnings; the CLI draws ours."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _load(what: str, folder: Path, loader):
+    _quiet_transformers()
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is missing ({what})")
+    try:
+        return loader(str(folder))
+    except CheckpointError:
+        raise
+    except Exception as e:  # transformers raises OSError, ValueError, safetensors errors ... for a bad folder
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise CheckpointError(f"cannot load {what} from {folder}: {msg}") from None
+
+
+class CLIPText(nn.Module):
+    """Prompt -> (pooled and projected embedding (B, D), last hidden state (B, 77, D), token mask (B, 77))."""
+
+    def __init__(self, tokenizer, model):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.model = model
+
+    @classmethod
+    def load(cls, prior_dir: Path, *, dtype=None, device="cpu") -> CLIPText:
+        from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+        tok = _load("CLIP tokenizer", Path(prior_dir) / "tokenizer", CLIPTokenizer.from_pretrained)
+        model = _load("CLIP text encoder", Path(prior_dir) / "text_encoder",
+                      lambda p: CLIPTextModelWithProjection.from_pretrained(p, dtype=dtype))
+        return cls(tok, model.to(device).eval().requires_grad_(False))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def forward(self, prompts: list[str]):
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                                return_tensors="pt")
+        ids = tokens.input_ids.to(self.device)
+        out = self.model(input_ids=ids)  # like the reference, no attention mask: padding is attended
+        return out.text_embeds, out.last_hidden_state, tokens.attention_mask.bool().to(self.device)
+
+
+class CLIPImage(nn.Module):
+    """Pictures (or raw pixel tensors) -> projected CLIP image embeddings (B, D)."""
+
+    def __init__(self, processor, model):
+        super().__init__()
+        self.processor = processor
+        self.model = model
+
+    @classmethod
+    def load(cls, prior_dir: Path, *, dtype=None, device="cpu") -> CLIPImage:
+        from transformers import CLIPVisionModelWithProjection
+
+        try:  # PIL-backed on purpose: the torchvision-backed one resizes slightly differently
+            from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+        except ImportError:
+            from transformers import CLIPImageProcessor
+
+        model = _load("CLIP image encoder", Path(prior_dir) / "image_encoder",
+                      lambda p: CLIPVisionModelWithProjection.from_pretrained(p, dtype=dtype))
+        processor = None
+        if (Path(prior_dir) / "image_processor").is_dir():
+            processor = _load("CLIP image processor", Path(prior_dir) / "image_processor",
+                              CLIPImageProcessor.from_pretrained)
+        return cls(processor, model.to(device).eval().requires_grad_(False))
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.image_size
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        p = self.model.parameters().__next__()
+        return self.model(pixel_values=pixel_values.to(p.device, p.dtype)).image_embeds
+
+    def zero_embed(self) -> torch.Tensor:
+        """The embedding of an all-zero *normalised* input (the mean colour), the reference's 'no image' (1, D)."""
+        s = self.image_size
+        return self(torch.zeros(1, 3, s, s))

@@ -1,0 +1,80 @@
+"""The prior stage: text -> CLIP text embedding -> prior transformer -> CLIP image embedding.
+
+The 'no negative prompt' embedding is the CLIP image embedding of a zero input. It needs the image
+tower (1.8B parameters for 2.2), so it is computed once per checkpoint and dtype and then cached.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kcli.loading import cache
+from kcli.loading.errors import CheckpointError
+from kcli.loading.weights import find_weights, read_json
+from kcli.models.clip import CLIPImage, CLIPText
+from kcli.models.prior import PriorTransformer, load_prior
+from kcli.samplers.unclip import UnCLIPSampler, sample_prior
+
+
+class PriorStage:
+    def __init__(self, folder: Path, text: CLIPText, prior: PriorTransformer, sampler: UnCLIPSampler,
+                 dtype: torch.dtype, device: torch.device):
+        self.folder, self.text, self.prior, self.sampler = folder, text, prior, sampler
+        self.dtype, self.device = dtype, device
+        self._image: CLIPImage | None = None
+
+    @classmethod
+    def load(cls, folder: Path, *, dtype: torch.dtype, device: torch.device) -> PriorStage:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise CheckpointError(f"prior {folder} is not a folder")
+        sampler = UnCLIPSampler.from_dict(read_json(folder / "scheduler" / "scheduler_config.json"))
+        prior = load_prior(folder / "prior", dtype=dtype, device=device)
+        text = CLIPText.load(folder, dtype=dtype, device=device)
+        return cls(folder, text, prior, sampler, dtype, device)
+
+    @property
+    def image_encoder(self) -> CLIPImage:
+        """Loaded on first use: text-to-image needs it only once per checkpoint (see zero_embed)."""
+        if self._image is None:
+            self._image = CLIPImage.load(self.folder, dtype=self.dtype, device=self.device)
+        return self._image
+
+    def zero_embed(self) -> torch.Tensor:
+        """(1, D) CLIP embedding of the zero image, from the cache when this checkpoint made it before."""
+        enc = self.folder / "image_encoder"
+        key = cache.fingerprint(enc / "config.json", find_weights(enc), extra=str(self.dtype))
+        emb = cache.load_tensor("zero_embeds", key)
+        if emb is None:
+            emb = self.image_encoder.zero_embed()
+            cache.save_tensor("zero_embeds", key, emb)
+        return emb.to(self.device, self.dtype)
+
+    def _encode(self, prompts: list[str], uncond: list[str], cfg: bool):
+        embeds, hidden, mask = self.text(prompts)
+        if cfg:
+            u_embeds, u_hidden, u_mask = self.text(uncond)
+            embeds, hidden, mask = (torch.cat([u, c]) for u, c in
+                                    ((u_embeds, embeds), (u_hidden, hidden), (u_mask, mask)))
+        return embeds, hidden, mask
+
+    @torch.inference_mode()
+    def embed(self, prompt: str, negative: str | None, *, steps: int, guidance: float,
+              generator: torch.Generator, on_step=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image embedding, negative image embedding), each (1, D).
+
+        Like the reference: a negative prompt is run through the prior as a second row (with itself as
+        the unconditional text); without one, the negative is the zero-image embedding.
+        """
+        prompts = [prompt] if negative is None else [prompt, negative]
+        uncond = [""] * len(prompts) if negative is None else [negative] * 2
+        cfg = guidance > 1.0
+        embeds, hidden, mask = self._encode(prompts, uncond, cfg)
+        out = sample_prior(self.prior, self.sampler, steps=steps, text_embeds=embeds, hidden_states=hidden,
+                           mask=mask, guidance=guidance, generator=generator, batch=len(prompts), on_step=on_step)
+        if negative is None:
+            return out, self.zero_embed()
+        image, neg = out.chunk(2)
+        return image, neg
