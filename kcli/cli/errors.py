@@ -1,0 +1,41 @@
+"""How a command ends when something goes wrong: one line on stderr and a meaningful exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import typer
+
+EXIT_ERROR = 1  # a user error: bad input, missing file, unusable checkpoint
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    from kcli.cli.render import err_console
+
+    err_console().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn our errors, Ctrl-C and unexpected failures into one line and an exit code, never a traceback."""
+    from kcli.loading.errors import KandinskyError
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KandinskyError as e:
+        raise fail(str(e)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted: finished images were kept", EXIT_INTERRUPTED) from None
+    except Exception as e:  # a bug: still one line, with a way to see the traceback
+        if os.environ.get("KANDINSKY_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise fail(f"internal error: {type(e).__name__}: {first} (set KANDINSKY_DEBUG=1 for the traceback)") from None
+    finally:
+        sys.stderr.flush()
