@@ -5,16 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def combined_22(prior: Path, decoder: Path, scheduler_cls=None):
     from diffusers import (
-        DDPMScheduler, KandinskyV22CombinedPipeline, PriorTransformer, UnCLIPScheduler, UNet2DConditionModel,
+        DDPMScheduler,
+        KandinskyV22CombinedPipeline,
+        PriorTransformer,
+        UnCLIPScheduler,
+        UNet2DConditionModel,
         VQModel,
     )
     from transformers import (
-        CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection,
+        CLIPImageProcessor,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionModelWithProjection,
     )
 
     prior, decoder = Path(prior), Path(decoder)
@@ -47,3 +53,13 @@ def assert_images_match(ours: np.ndarray, ref: np.ndarray, *, mean_tol=0.5, with
     assert diff.mean() <= mean_tol and close >= share, (
         f"mean |diff| {diff.mean():.3f}/255, {close:.4%} within {within}/255, max {diff.max()}"
     )
+
+
+def assert_same_structure(ours, ref, params: int) -> None:
+    """Our module and diffusers' (both built on the meta device) have the same tensors, names and shapes."""
+    ours_shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    ref_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    assert sorted(ours_shapes) == sorted(ref_shapes)
+    assert ours_shapes == ref_shapes
+    assert sum(p.numel() for p in ours.parameters()) == params
+    assert not list(ours.buffers()), "buffers cannot be filled from a checkpoint on the meta device"

@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
+import oracle
 import pytest
 import torch
 from PIL import Image
-
-import oracle
 
 PROMPT = "a corgi gliding on the wave"
 

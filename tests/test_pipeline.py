@@ -1,10 +1,10 @@
 """The Python API end to end against diffusers' KandinskyV22CombinedPipeline, and the CLIP encoders."""
 
 import numpy as np
+import oracle
 import pytest
 import torch
 
-import oracle
 from kcli.loading.errors import KandinskyError
 from kcli.models.clip import CLIPImage, CLIPText
 from kcli.pipelines.kandinsky import Kandinsky, LoadOptions, Settings

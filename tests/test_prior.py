@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import shutil
 
+import oracle
 import pytest
 import torch
-
 from conftest import CONFIGS
+
 from kcli.loading.errors import CheckpointError
 from kcli.loading.weights import read_json
 from kcli.models.prior import PriorConfig, PriorTransformer, load_prior
@@ -78,12 +79,7 @@ def test_real_config_state_dict_matches_diffusers(name, params):
     with torch.device("meta"):
         ours = PriorTransformer(PriorConfig.from_dict(config))
         ref = RefPrior.from_config(config)
-    ours_shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    ref_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
-    assert sorted(ours_shapes) == sorted(ref_shapes)
-    assert ours_shapes == ref_shapes
-    assert sum(p.numel() for p in ours.parameters()) == params
-    assert not list(ours.buffers())
+    oracle.assert_same_structure(ours, ref, params)
 
 
 @pytest.mark.parametrize("change", [
@@ -164,7 +160,10 @@ def test_scheduler_config_errors(change):
 def pipelines(prior22, priors):
     from diffusers import KandinskyV22PriorPipeline, UnCLIPScheduler
     from transformers import (
-        CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection,
+        CLIPImageProcessor,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionModelWithProjection,
     )
 
     tokenizer = CLIPTokenizer.from_pretrained(prior22 / "tokenizer")

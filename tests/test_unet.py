@@ -4,6 +4,7 @@ numbers on a tiny checkpoint."""
 import json
 import shutil
 
+import oracle
 import pytest
 import torch
 from conftest import CONFIGS
@@ -27,10 +28,7 @@ def test_structure_equals_diffusers_on_real_config(name):
     with torch.device("meta"):
         ours = UNet(UNetConfig.from_dict(config))
         ref = UNet2DConditionModel.from_config(config)
-    ours_shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    ref_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
-    assert ours_shapes == ref_shapes
-    assert sum(p.numel() for p in ours.parameters()) == REAL[name]
+    oracle.assert_same_structure(ours, ref, REAL[name])
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 8, 8), (1, 4, 8, 16)])

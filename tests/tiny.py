@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+
 # The 256 byte characters of byte-level BPE, in the order GPT-2/CLIP define them.
 def _byte_chars() -> list[str]:
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))

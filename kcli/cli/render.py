@@ -10,7 +10,14 @@ from __future__ import annotations
 import functools
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 STAGES = {"load": "loading models", "prior": "prior", "decoder": "decoder", "decode": "MoVQ decode"}
 

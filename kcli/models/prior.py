@@ -17,7 +17,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from torch import nn
 from kcli.loading import keys
 from kcli.loading.errors import CheckpointError
 from kcli.loading.weights import load_module
+from kcli.models.layers import TimestepEmbedding, timestep_embedding
 
 # Options diffusers' PriorTransformer has that every Kandinsky prior leaves at these values (its defaults).
 FIXED = {
@@ -84,24 +84,6 @@ class PriorConfig:
             embedding_proj_dim=size("embedding_proj_dim", None) or emb,
             clip_embed_dim=size("clip_embed_dim", None) or emb,
         )
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """(B,) -> (B, dim) float32 sinusoids, cos half first (diffusers ``Timesteps(dim, True, 0)``)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t[:, None].float() * freqs[None]  # (B, half)
-    return F.pad(torch.cat([torch.cos(args), torch.sin(args)], dim=-1), (0, dim % 2))
-
-
-class TimestepEmbedding(nn.Module):
-    def __init__(self, dim: int, hidden: int, out: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(dim, hidden)
-        self.linear_2 = nn.Linear(hidden, out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
 
 
 class SelfAttention(nn.Module):

@@ -21,7 +21,6 @@ ai-forever/Kandinsky-2 ``kandinsky2/model/unet.py``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +30,7 @@ from torch import nn
 from kcli.loading import keys
 from kcli.loading.errors import CheckpointError
 from kcli.loading.weights import load_module
+from kcli.models.layers import TimestepEmbedding, timestep_embedding
 
 CONDITIONING = {"image": "image_proj", "text_image": "text_image_proj"}  # addition_embed_type -> encoder_hid_dim_type
 IMAGE_TOKENS = {"image": 32, "text_image": 10}  # fixed in the architecture, not in config.json
@@ -89,24 +89,6 @@ class UNetConfig:
             norm_num_groups=d.get("norm_num_groups", 32),
             norm_eps=d.get("norm_eps", 1e-5),
         )
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (B,) timesteps, cos half first, computed in fp32."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim)
-
-
-class TimestepEmbedding(nn.Module):
-    def __init__(self, in_dim: int, dim: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(in_dim, dim)
-        self.linear_2 = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
 
 
 class ResnetBlock(nn.Module):

@@ -59,12 +59,16 @@ def betas(cfg: ScheduleConfig) -> torch.Tensor:
         return torch.linspace(cfg.beta_start, cfg.beta_end, T, dtype=torch.float32)
     if cfg.beta_schedule == "scaled_linear":
         return torch.linspace(cfg.beta_start**0.5, cfg.beta_end**0.5, T, dtype=torch.float32) ** 2
-    # squaredcos_cap_v2: the cosine schedule of improved DDPM, each beta capped at 0.999
+    return cosine_betas(T)
 
-    def alpha_bar(t):
+
+def cosine_betas(T: int, max_beta: float = 0.999) -> torch.Tensor:
+    """``squaredcos_cap_v2``, the cosine schedule of improved DDPM (arXiv 2102.09672): float64 math, float32 out."""
+
+    def alpha_bar(t: float) -> float:
         return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
-    return torch.tensor([min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), 0.999) for i in range(T)],
+    return torch.tensor([min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta) for i in range(T)],
                         dtype=torch.float32)
 
 

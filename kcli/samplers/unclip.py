@@ -12,7 +12,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import torch
 
 from kcli.loading.errors import CheckpointError
 from kcli.samplers.noise import randn
+from kcli.samplers.schedule import cosine_betas
 
 # The only values the Kandinsky priors use (with diffusers' defaults for omitted keys).
 FIXED = (("variance_type", "fixed_small_log", "fixed_small_log"),
@@ -50,16 +50,6 @@ class UnCLIPConfig:
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
             raise CheckpointError(f"prior scheduler: clip_sample_range={r!r} is not a positive number")
         return cls(num_train_timesteps=T, clip_sample=clip, clip_sample_range=float(r))
-
-
-def cosine_betas(T: int, max_beta: float = 0.999) -> torch.Tensor:
-    """``squaredcos_cap_v2``: computed in float64, stored in float32 (as diffusers)."""
-
-    def alpha_bar(t: float) -> float:
-        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-    return torch.tensor([min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta) for i in range(T)],
-                        dtype=torch.float32)
 
 
 class UnCLIPSampler:
