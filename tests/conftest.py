@@ -49,3 +49,36 @@ def reference22(prior22, decoder22):
     import oracle
 
     return oracle.combined_22(prior22, decoder22)
+
+
+@pytest.fixture(scope="session")
+def inpaint22(ckpt_root) -> Path:
+    import tiny
+
+    return tiny.make_decoder_22(ckpt_root / "kandinsky-2-2-decoder-inpaint", in_channels=9,
+                                scheduler=tiny.ddpm_scheduler_config(clip_sample=False))
+
+
+@pytest.fixture(scope="session")
+def pictures(tmp_path_factory) -> dict:
+    """Input files: a noisy 128x64 picture, a mask over part of it, an all-black and an all-white mask."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("pictures")
+    rng = np.random.default_rng(0)
+    files = {}
+    picture = (rng.random((64, 128, 3)) * 255).astype(np.uint8)
+    picture[:, :64] //= 2  # some structure, so CLIP and MoVQ see more than noise
+    for name, array in {
+        "picture": picture,
+        "square": (rng.random((64, 64, 3)) * 255).astype(np.uint8),
+        "mask": np.pad(np.full((32, 60), 255, np.uint8), ((0, 32), (40, 28))),
+        "black": np.zeros((64, 128), np.uint8),
+        "white": np.full((64, 128), 255, np.uint8),
+    }.items():
+        files[name] = folder / f"{name}.png"
+        Image.fromarray(array).save(files[name])
+    files["broken"] = folder / "broken.png"
+    files["broken"].write_bytes(b"not a png at all")
+    return files

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 
 
-def combined_22(prior: Path, decoder: Path, scheduler_cls=None):
+def combined_22(prior: Path, decoder: Path, scheduler_cls=None, kind: str = "KandinskyV22CombinedPipeline"):
+    """A combined (prior + decoder) pipeline of ``kind``: the text-to-image, Img2Img or Inpaint one."""
+    import diffusers
     from diffusers import (
         DDPMScheduler,
-        KandinskyV22CombinedPipeline,
         PriorTransformer,
         UnCLIPScheduler,
         UNet2DConditionModel,
@@ -25,7 +26,7 @@ def combined_22(prior: Path, decoder: Path, scheduler_cls=None):
 
     prior, decoder = Path(prior), Path(decoder)
     scheduler_cls = scheduler_cls or DDPMScheduler
-    pipe = KandinskyV22CombinedPipeline(
+    pipe = getattr(diffusers, kind)(
         unet=UNet2DConditionModel.from_pretrained(decoder / "unet"),
         scheduler=scheduler_cls.from_pretrained(decoder / "scheduler"),
         movq=VQModel.from_pretrained(decoder / "movq"),

@@ -15,6 +15,7 @@ PROMPT = "a corgi gliding on the wave"
 
 
 def run(*args, cwd=None, home=None):
+    """`kandinsky ARGS` in a subprocess, the way a shell runs it."""
     env = {**os.environ, "KANDINSKY_HOME": str(home or os.environ["KANDINSKY_HOME"]), "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "kcli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300)

@@ -31,7 +31,9 @@ def _root(
     """Kandinsky 2.x text-to-image on your own GPU or CPU."""
 
 
-from kcli.cli import generate as _generate  # noqa: E402,F401  (registers the command)
+# Each module registers its commands; the order here is the order in --help.
+from kcli.cli import generate  # noqa: E402,F401,I001
+from kcli.cli import fuse, inpaint  # noqa: E402,F401
 
 
 def main() -> None:

@@ -19,15 +19,14 @@ def slug(text: str, limit: int = 48) -> str:
 
 
 def plan_outputs(output: Path | None, prompt: str, seeds: list[int], overwrite: bool) -> list[Path]:
-    """One path per image. ``output`` is a file (a name per seed when several) or a folder."""
-    if output is None:
-        folder, names = Path.cwd(), [f"{slug(prompt)}-{s}.png" for s in seeds]
-    elif output.is_dir() or str(output).endswith(("/", os.sep)):
-        folder, names = output, [f"{slug(prompt)}-{s}.png" for s in seeds]
+    """One path per image. ``output`` is a file (a name per seed when several) or a folder: an existing one,
+    or any path without a file suffix (created when the first image is saved)."""
+    if output is None or output.is_dir() or not output.suffix:
+        folder, names = output or Path.cwd(), [f"{slug(prompt)}-{s}.png" for s in seeds]
     else:
         suffix = output.suffix.lower()
         if suffix not in IMAGE_SUFFIXES:
-            raise KandinskyError(f"{output}: unsupported image type {suffix or '(none)'} (use .png, .jpg or .webp)")
+            raise KandinskyError(f"{output}: unsupported image type {suffix} (use .png, .jpg or .webp)")
         folder = output.parent
         names = [output.name] if len(seeds) == 1 else [f"{output.stem}-{s}{output.suffix}" for s in seeds]
     paths = [folder / n for n in names]

@@ -14,6 +14,7 @@ from kcli.loading.errors import CheckpointError
 
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
 DEFAULT_DECODER = "kandinsky-community/kandinsky-2-2-decoder"
+DEFAULT_INPAINT_DECODER = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
 FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

@@ -179,7 +179,7 @@ class Level(nn.Module):
 class UNet(nn.Module):
     def __init__(self, cfg: UNetConfig):
         super().__init__()
-        self.cfg = cfg
+        self.config = cfg
         ch, temb = cfg.block_out_channels, cfg.time_embed_dim
         groups, eps, head, ctx = cfg.norm_num_groups, cfg.norm_eps, cfg.attention_head_dim, cfg.cross_attention_dim
 
@@ -247,7 +247,7 @@ class UNet(nn.Module):
         """
         # 1. time and conditioning embedding
         t = t.reshape(-1).expand(x.shape[0]).to(x.device)
-        emb = self.time_embedding(timestep_embedding(t, self.cfg.block_out_channels[0]).to(x.dtype))
+        emb = self.time_embedding(timestep_embedding(t, self.config.block_out_channels[0]).to(x.dtype))
         emb = emb + self.add_embedding(image_embeds, text_embeds)
         context = self.encoder_hid_proj(image_embeds, text_hidden)  # (B, T, cross_attention_dim)
 

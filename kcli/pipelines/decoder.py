@@ -1,4 +1,8 @@
-"""The decoder stage: CLIP image embedding -> latents (UNet + sampler) -> pixels (MoVQ)."""
+"""The decoder stage: CLIP image embedding -> latents (UNet + sampler) -> pixels (MoVQ).
+
+Three ways in, one loop: from noise (text-to-image), from a partly noised picture (image-to-image),
+and from noise with a known region re-imposed after every step (inpainting, 9-channel UNet).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kcli.loading.errors import CheckpointError
+from kcli.loading.errors import CheckpointError, KandinskyError
 from kcli.loading.weights import read_json
 from kcli.models.movq import MoVQ, load_movq
 from kcli.models.unet import UNet, load_unet
-from kcli.pipelines.images import to_uint8
+from kcli.pipelines.images import keep_latent_mask, to_uint8
 from kcli.samplers import decoder_sampler
 from kcli.samplers.denoise import denoise
 from kcli.samplers.noise import randn
+
+
+def grid_step(movq_levels: int, unet_levels: int) -> int:
+    """Output sizes are multiples of this (64 px for the real models).
+
+    The reference rounds latents to a multiple of the MoVQ factor (sf * sf pixels); the UNet also needs
+    latents divisible by its total downsampling. Both hold with this step.
+    """
+    sf = 2 ** (movq_levels - 1)
+    return sf * max(sf, 2 ** (unet_levels - 1))
+
+
+def decoder_grid_step(folder: Path) -> int:
+    """The grid of a decoder checkpoint, from its configs alone (no weights are read)."""
+    movq = read_json(Path(folder) / "movq" / "config.json")
+    unet = read_json(Path(folder) / "unet" / "config.json")
+    return grid_step(len(movq.get("block_out_channels", [0])), len(unet.get("block_out_channels", [0])))
 
 
 class DecoderStage:
@@ -34,33 +55,82 @@ class DecoderStage:
 
     @property
     def pixel_step(self) -> int:
-        """Output sizes are multiples of this (64 px for the real models).
-
-        The reference rounds latents to a multiple of the MoVQ factor (sf * sf pixels); the UNet also needs
-        latents divisible by its total downsampling. Both hold with this step.
-        """
-        sf = self.movq.scale_factor
-        return sf * max(sf, 2 ** (len(self.unet.cfg.block_out_channels) - 1))
+        return grid_step(len(self.movq.config.block_out_channels), len(self.unet.config.block_out_channels))
 
     @property
     def embed_dim(self) -> int:
-        return self.unet.cfg.encoder_hid_dim
+        return self.unet.config.encoder_hid_dim
+
+    @property
+    def is_inpainting(self) -> bool:
+        return self.unet.config.in_channels == 2 * self.movq.config.latent_channels + 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.conv_in.weight.device
+
+    def _cond(self, image_embeds, negative_embeds, guidance: float) -> torch.Tensor:
+        cond = torch.cat([negative_embeds, image_embeds]) if guidance > 1.0 else image_embeds
+        return cond.to(device=self.device, dtype=self.unet.dtype)
+
+    def _require(self, inpainting: bool) -> None:
+        if inpainting != self.is_inpainting:
+            need = "an inpainting decoder (9 input channels)" if inpainting else "a text-to-image decoder"
+            raise KandinskyError(f"this needs {need}, but the decoder has {self.unet.config.in_channels} input channels")
 
     def sample(self, image_embeds: torch.Tensor, negative_embeds: torch.Tensor, *, width: int, height: int,
                steps: int, guidance: float, generator: torch.Generator, on_step=None) -> torch.Tensor:
-        """(B, D) embeddings -> (B, 4, h, w) latents. ``width``/``height`` must be on the grid."""
-        unet, dtype, device = self.unet, self.unet.dtype, self.unet.conv_in.weight.device
-        cond = image_embeds
-        if guidance > 1.0:
-            cond = torch.cat([negative_embeds, image_embeds])
-        cond = cond.to(device=device, dtype=dtype)
-
-        sf = self.movq.scale_factor
-        shape = (image_embeds.shape[0], self.unet.cfg.in_channels, height // sf, width // sf)
-        latents = randn(shape, generator, device, dtype)
-        timesteps = self.sampler.timesteps(steps)
-        return denoise(lambda x, t: unet(x, t, cond), self.sampler, latents, timesteps,
+        """Text-to-image: (B, D) embeddings -> (B, 4, h, w) latents. ``width``/``height`` are on the grid."""
+        self._require(False)
+        cond, sf = self._cond(image_embeds, negative_embeds, guidance), self.movq.scale_factor
+        shape = (image_embeds.shape[0], self.movq.config.latent_channels, height // sf, width // sf)
+        latents = randn(shape, generator, self.device, self.unet.dtype)
+        return denoise(lambda x, t: self.unet(x, t, cond), self.sampler, latents, self.sampler.timesteps(steps),
                        guidance=guidance, generator=generator, on_step=on_step)
+
+    def refine(self, init: torch.Tensor, image_embeds: torch.Tensor, negative_embeds: torch.Tensor, *,
+               strength: float, steps: int, guidance: float, generator: torch.Generator, on_step=None) -> torch.Tensor:
+        """Image-to-image: re-noise the encoded picture (B, 3, H, W in [-1, 1]) to the level of the first kept
+        step, then run the last ``strength`` share of the schedule (at least one step)."""
+        self._require(False)
+        cond = self._cond(image_embeds, negative_embeds, guidance)
+        x0 = self.movq.encode(init.to(self.device, self.unet.dtype))
+        timesteps = self.sampler.timesteps(steps)
+        kept = timesteps[steps - max(1, min(int(steps * strength), steps)):]
+        noise = randn(x0.shape, generator, self.device, self.unet.dtype)
+        latents = self.sampler.add_noise(x0, noise, kept[0])
+        return denoise(lambda x, t: self.unet(x, t, cond), self.sampler, latents, kept,
+                       guidance=guidance, generator=generator, on_step=on_step)
+
+    def inpaint(self, image: torch.Tensor, repaint: np.ndarray, image_embeds: torch.Tensor,
+                negative_embeds: torch.Tensor, *, steps: int, guidance: float, generator: torch.Generator,
+                on_step=None) -> torch.Tensor:
+        """Repaint where ``repaint`` (H, W bool) is set in ``image`` (1, 3, H, W in [-1, 1]).
+
+        The UNet sees [latents, known latents, keep mask]; after every step the known region is put back,
+        noised to the next step's level with the initial noise (no new draws); finally without noise.
+        """
+        self._require(True)
+        dtype, cfg = self.unet.dtype, guidance > 1.0
+        cond = self._cond(image_embeds, negative_embeds, guidance)
+        known = self.movq.encode(image.to(self.device, dtype))  # (1, 4, h, w)
+        keep = keep_latent_mask(repaint, tuple(known.shape[-2:])).to(self.device, dtype)
+        extra = torch.cat([known * keep, keep], dim=1)  # (1, 5, h, w)
+        extra = extra.repeat(2 * image_embeds.shape[0] if cfg else image_embeds.shape[0], 1, 1, 1)
+
+        latents = randn((image_embeds.shape[0], *known.shape[1:]), generator, self.device, dtype)
+        noise = latents.clone()
+        timesteps = self.sampler.timesteps(steps)
+
+        def put_back(i: int, x: torch.Tensor) -> torch.Tensor:
+            ref = known
+            if i + 1 < len(timesteps):
+                ref = self.sampler.add_noise(known, noise, timesteps[i + 1])
+            return keep * ref + (1 - keep) * x
+
+        latents = denoise(lambda x, t: self.unet(torch.cat([x, extra], dim=1), t, cond), self.sampler, latents,
+                          timesteps, guidance=guidance, generator=generator, on_step=on_step, after_step=put_back)
+        return keep * known + (1 - keep) * latents
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """(B, 4, h, w) latents -> (B, H, W, 3) uint8 pixels."""

@@ -20,13 +20,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from kcli.loading.errors import KandinskyError
 from kcli.pipelines.decoder import DecoderStage
 from kcli.pipelines.devices import resolve_device, resolve_dtype
-from kcli.pipelines.images import SizePlan, center_crop, plan_size
+from kcli.pipelines.images import SizePlan, center_crop, paste_original, plan_size, resize, rgb, to_pixels
 from kcli.pipelines.prior import PriorStage
 from kcli.samplers.noise import cpu_generator
 
@@ -104,34 +105,110 @@ class Kandinsky:
     def plan(self, settings: Settings) -> SizePlan:
         return plan_size(settings.width, settings.height, self.decoder.pixel_step)
 
+    # ---- modes: each yields one Result per image, as soon as it is done ----------------------------------
+
     def generate(self, settings: Settings, on_progress: Progress | None = None) -> Iterator[Result]:
-        """Yield each image as soon as it is done, so a caller can save it before the next one starts."""
+        """Text to image. Off-grid sizes are generated one step larger and center-cropped back."""
+        size = self._checked(settings)
+
+        def make(s: Settings, g: torch.Generator, report: Progress):
+            emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
+                                        generator=g, on_step=lambda i, n: report("prior", i, n))
+            latents = self.decoder.sample(emb, neg, width=size.gen_width, height=size.gen_height, steps=s.steps,
+                                          guidance=s.guidance, generator=g, on_step=lambda i, n: report("decoder", i, n))
+            return latents, lambda px: center_crop(px, size.width, size.height)
+
+        yield from self._run(settings, size, make, on_progress)
+
+    def image_to_image(self, init: Image.Image, settings: Settings, strength: float = 0.3,
+                       on_progress: Progress | None = None) -> Iterator[Result]:
+        """Redraw ``init`` guided by the prompt; ``strength`` in (0, 1] is the share of the schedule re-run."""
+        check_strength(strength)
+        size = self._checked(settings)
+        pixels = to_pixels(resize(rgb(init), size.gen_width, size.gen_height))
+
+        def make(s: Settings, g: torch.Generator, report: Progress):
+            emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
+                                        generator=g, on_step=lambda i, n: report("prior", i, n))
+            latents = self.decoder.refine(pixels, emb, neg, strength=strength, steps=s.steps, guidance=s.guidance,
+                                          generator=g, on_step=lambda i, n: report("decoder", i, n))
+            return latents, lambda px: _resize_array(px, size.width, size.height)
+
+        yield from self._run(settings, size, make, on_progress)
+
+    def fuse(self, items: list, weights: list[float], settings: Settings,
+             on_progress: Progress | None = None) -> Iterator[Result]:
+        """Mix texts (str) and pictures (PIL images) with ``weights`` (used as given) and draw the mix."""
+        if not items or len(items) != len(weights):
+            raise KandinskyError(f"{len(weights)} weight(s) for {len(items)} item(s)")
+        size = self._checked(settings)
+        pictures = [rgb(i) if not isinstance(i, str) else i for i in items]
+
+        def make(s: Settings, g: torch.Generator, report: Progress):
+            emb, neg = self.prior.mix(pictures, weights, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
+                                      generator=g, on_step=lambda i, n: report("prior", i, n))
+            latents = self.decoder.sample(emb, neg, width=size.gen_width, height=size.gen_height, steps=s.steps,
+                                          guidance=s.guidance, generator=g, on_step=lambda i, n: report("decoder", i, n))
+            return latents, lambda px: center_crop(px, size.width, size.height)
+
+        yield from self._run(settings, size, make, on_progress)
+
+    def inpaint(self, image: Image.Image, repaint: np.ndarray, settings: Settings, paste_back: bool = True,
+                on_progress: Progress | None = None) -> Iterator[Result]:
+        """Repaint where ``repaint`` ((height, width) bool, at the settings' size) is True.
+
+        With ``paste_back`` every pixel outside the repaint area is the original's, exactly.
+        """
+        size = self._checked(settings)
+        if repaint.shape != (size.height, size.width):
+            raise KandinskyError(f"the mask is {repaint.shape[1]}x{repaint.shape[0]}, the image {size.width}x{size.height}")
+        original = resize(rgb(image), size.width, size.height)
+        pixels = to_pixels(resize(original, size.gen_width, size.gen_height))
+        gen_repaint = _resize_array(repaint.astype(np.uint8) * 255, size.gen_width, size.gen_height) >= 128
+        feather = max(2.0, min(size.width, size.height) / 64)
+
+        def finish(px: np.ndarray) -> np.ndarray:
+            px = _resize_array(px, size.width, size.height)
+            return paste_original(np.asarray(original), px, repaint, feather) if paste_back else px
+
+        def make(s: Settings, g: torch.Generator, report: Progress):
+            emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
+                                        generator=g, on_step=lambda i, n: report("prior", i, n))
+            latents = self.decoder.inpaint(pixels, gen_repaint, emb, neg, steps=s.steps, guidance=s.guidance,
+                                           generator=g, on_step=lambda i, n: report("decoder", i, n))
+            return latents, finish
+
+        yield from self._run(settings, size, make, on_progress)
+
+    # ---- shared -------------------------------------------------------------------------------------------
+
+    def _checked(self, settings: Settings) -> SizePlan:
         settings.check()
-        size = self.plan(settings)
+        return self.plan(settings)
+
+    def _run(self, settings: Settings, size: SizePlan, make, on_progress: Progress | None) -> Iterator[Result]:
+        """Per image i: seed S+i, a fresh CPU generator, ``make`` (prior + decoder), decode, ``finish``."""
+        report = on_progress or (lambda *a: None)
         base = settings.seed if settings.seed is not None else secrets.randbits(32)
         for i in range(settings.num_images):
-            one = replace(settings, seed=base + i, num_images=1)
-            yield self._one(one, size, on_progress or (lambda *a: None))
+            s = replace(settings, seed=base + i, num_images=1)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                latents, finish = make(s, cpu_generator(s.seed), report)
+                t1 = time.perf_counter()
+                report("decode", 0, 1)
+                pixels = finish(self.decoder.decode(latents)[0])
+                report("decode", 1, 1)
+            timings = {"sample": t1 - t0, "decode": time.perf_counter() - t1}
+            yield Result(Image.fromarray(pixels), s.seed, s, size, timings)
 
-    def _one(self, s: Settings, size: SizePlan, report: Progress) -> Result:
-        g = cpu_generator(s.seed)
-        t0 = time.perf_counter()
-        image_embeds, negative_embeds = self.prior.embed(
-            s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance, generator=g,
-            on_step=lambda i, n: report("prior", i, n),
-        )
-        t1 = time.perf_counter()
-        with torch.inference_mode():
-            latents = self.decoder.sample(
-                image_embeds, negative_embeds, width=size.gen_width, height=size.gen_height, steps=s.steps,
-                guidance=s.guidance, generator=g, on_step=lambda i, n: report("decoder", i, n),
-            )
-            t2 = time.perf_counter()
-            report("decode", 0, 1)
-            pixels = self.decoder.decode(latents)[0]
-            report("decode", 1, 1)
-        t3 = time.perf_counter()
-        if size.cropped:
-            pixels = center_crop(pixels, size.width, size.height)
-        timings = {"prior": t1 - t0, "decoder": t2 - t1, "decode": t3 - t2}
-        return Result(Image.fromarray(pixels), s.seed, s, size, timings)
+
+def check_strength(strength: float) -> None:
+    if not 0 < strength <= 1:
+        raise KandinskyError(f"strength must be in (0, 1] (the share of the schedule re-run), got {strength}")
+
+
+def _resize_array(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    if pixels.shape[:2] == (height, width):
+        return pixels
+    return np.asarray(resize(Image.fromarray(pixels), width, height))

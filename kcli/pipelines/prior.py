@@ -15,6 +15,7 @@ from kcli.loading.errors import CheckpointError
 from kcli.loading.weights import find_weights, read_json
 from kcli.models.clip import CLIPImage, CLIPText
 from kcli.models.prior import PriorTransformer, load_prior
+from kcli.samplers.noise import randn
 from kcli.samplers.unclip import UnCLIPSampler, sample_prior
 
 
@@ -78,3 +79,37 @@ class PriorStage:
             return out, self.zero_embed()
         image, neg = out.chunk(2)
         return image, neg
+
+    @torch.inference_mode()
+    def image_embed(self, image) -> torch.Tensor:
+        """(1, D) CLIP embedding of a PIL picture (resized to 224 on its short side, center-cropped)."""
+        enc = self.image_encoder
+        pixels = enc.processor(image, return_tensors="pt").pixel_values
+        return enc(pixels).to(self.dtype)
+
+    @torch.inference_mode()
+    def mix(self, items: list, weights: list[float], negative: str | None, *, steps: int, guidance: float,
+            generator: torch.Generator, on_step=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted sum of embeddings of texts (each a full prior run, in order) and pictures (CLIP image
+        embeddings), as the reference's ``interpolate``; returns (mixed (1, D), negative (1, D)).
+
+        The reference ends with one more prior run on the empty text whose result it throws away when there is
+        no negative prompt. We draw its random numbers (so later draws stay in step) but skip the work.
+        """
+        terms = []
+        for item, weight in zip(items, weights):
+            emb = self.embed(item, negative, steps=steps, guidance=guidance, generator=generator,
+                             on_step=on_step)[0] if isinstance(item, str) else self.image_embed(item)
+            terms.append((emb * weight)[None])
+        mixed = torch.cat(terms).sum(dim=0)
+        if negative is not None:  # the empty text and the negative, run together; the negative's embedding
+            return mixed, self.embed("", negative, steps=steps, guidance=guidance, generator=generator)[1]
+        self.skip_run(generator, rows=1, steps=steps)
+        return mixed, self.zero_embed()
+
+    def skip_run(self, generator: torch.Generator, *, rows: int, steps: int) -> None:
+        """Advance ``generator`` exactly as a prior run of ``rows`` rows would: initial latents, then one draw
+        per step that adds noise (every step with t > 0)."""
+        draws = 1 + sum(t > 0 for t in self.sampler.timesteps(steps))
+        for _ in range(draws):
+            randn((rows, self.prior.config.embedding_dim), generator, "cpu", self.dtype)

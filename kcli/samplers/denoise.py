@@ -19,8 +19,12 @@ def guide(out: torch.Tensor, scale: float, channels: int) -> torch.Tensor:
 
 
 def denoise(model: Callable, sampler, x: torch.Tensor, timesteps: list[int], *, guidance: float,
-            generator: torch.Generator, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Run the sampler over ``timesteps`` from latents ``x`` (B, C, h, w)."""
+            generator: torch.Generator, on_step: Callable[[int, int], None] | None = None,
+            after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Run the sampler over ``timesteps`` from latents ``x`` (B, C, h, w).
+
+    ``after_step(i, x)`` may replace the latents after step i (inpainting re-imposes the known region).
+    """
     c = x.shape[1]
     cfg = guidance > 1.0
     for i, t in enumerate(timesteps):
@@ -31,6 +35,8 @@ def denoise(model: Callable, sampler, x: torch.Tensor, timesteps: list[int], *, 
             out = guide(out, guidance, c)
         eps, variance = out[:, :c], out[:, c:]
         x = sampler.step(eps, t, t_prev, x, generator, variance=variance if sampler.uses_variance_channels else None)
+        if after_step is not None:
+            x = after_step(i, x)
         if on_step is not None:
             on_step(i + 1, len(timesteps))
     return x
