@@ -82,3 +82,24 @@ def pictures(tmp_path_factory) -> dict:
     files["broken"] = folder / "broken.png"
     files["broken"].write_bytes(b"not a png at all")
     return files
+
+
+@pytest.fixture(scope="session")
+def prior21(ckpt_root) -> Path:
+    import tiny
+
+    return tiny.make_prior_21(ckpt_root / "kandinsky-2-1-prior")
+
+
+@pytest.fixture(scope="session")
+def decoder21(ckpt_root) -> Path:
+    import tiny
+
+    return tiny.make_decoder_21(ckpt_root / "kandinsky-2-1")
+
+
+@pytest.fixture(scope="session")
+def inpaint21(ckpt_root) -> Path:
+    import tiny
+
+    return tiny.make_decoder_21(ckpt_root / "kandinsky-2-1-inpaint", in_channels=9)

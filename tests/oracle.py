@@ -41,6 +41,37 @@ def combined_22(prior: Path, decoder: Path, scheduler_cls=None, kind: str = "Kan
     return pipe
 
 
+def combined_21(prior: Path, decoder: Path, kind: str = "KandinskyCombinedPipeline"):
+    """A Kandinsky 2.1 combined pipeline of ``kind`` (text-to-image, Img2Img or Inpaint), loaded from disk."""
+    import diffusers
+    from diffusers import DDIMScheduler, PriorTransformer, UnCLIPScheduler, UNet2DConditionModel, VQModel
+    from diffusers.pipelines.kandinsky.text_encoder import MultilingualCLIP
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionModelWithProjection,
+        XLMRobertaTokenizerFast,
+    )
+
+    prior, decoder = Path(prior), Path(decoder)
+    pipe = getattr(diffusers, kind)(
+        text_encoder=MultilingualCLIP.from_pretrained(decoder / "text_encoder"),
+        tokenizer=XLMRobertaTokenizerFast.from_pretrained(decoder / "tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(decoder / "unet"),
+        scheduler=DDIMScheduler.from_pretrained(decoder / "scheduler"),
+        movq=VQModel.from_pretrained(decoder / "movq"),
+        prior_prior=PriorTransformer.from_pretrained(prior / "prior"),
+        prior_image_encoder=CLIPVisionModelWithProjection.from_pretrained(prior / "image_encoder"),
+        prior_text_encoder=CLIPTextModelWithProjection.from_pretrained(prior / "text_encoder"),
+        prior_tokenizer=CLIPTokenizer.from_pretrained(prior / "tokenizer"),
+        prior_scheduler=UnCLIPScheduler.from_pretrained(prior / "scheduler"),
+        prior_image_processor=CLIPImageProcessor.from_pretrained(prior / "image_processor"),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def as_uint8(images) -> np.ndarray:
     """(B, H, W, 3) uint8 from diffusers' ``output_type="np"`` floats, rounded the way PIL output is."""
     return (np.asarray(images) * 255).round().astype(np.uint8)

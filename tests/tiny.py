@@ -172,3 +172,102 @@ def make_decoder_22(folder: Path, seed: int = 0, embed_dim: int = 32, in_channel
         },
     )
     return folder
+
+
+# ---- Kandinsky 2.1 --------------------------------------------------------------------------------------
+
+SENTENCES = [
+    "a corgi gliding on the wave", "a red cat, 4k photo", "a lighthouse at dusk", "portrait of a woman",
+    "корги скользит по волне", "красный кот, фотография", "маяк в сумерках", "портрет женщины в шляпе",
+    "ein Hund auf dem Meer", "eine rote Katze im Garten", "a castle in the mountains", "rain over the city",
+]
+
+
+def write_xlmr_tokenizer(folder: Path) -> None:
+    """An XLM-R tokenizer whose sentencepiece model is trained in a second on a few sentences (Latin and
+    Cyrillic), saved like the hub's ``kandinsky-2-1/tokenizer``."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import XLMRobertaTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCES * 4), model_writer=model, vocab_size=120, model_type="unigram",
+        character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+    )
+    (folder / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    tok = XLMRobertaTokenizer.from_pretrained(str(folder))  # converts the sentencepiece model
+    tok.model_max_length = 512
+    tok.save_pretrained(folder)
+
+
+def make_prior_21(folder: Path, seed: int = 0, embed_dim: int = 24) -> Path:
+    """A tiny ``kandinsky-2-1-prior``: as the 2.2 one, with CLIP ViT-L's quick_gelu and '!' padding."""
+    from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+    folder = make_prior_22(folder, seed, embed_dim)
+    for sub, cls in (("text_encoder", CLIPTextModelWithProjection), ("image_encoder", CLIPVisionModelWithProjection)):
+        config = json.loads((folder / sub / "config.json").read_text())
+        inner = config.get("text_config") or config
+        inner["hidden_act"] = "quick_gelu"
+        config["hidden_act"] = "quick_gelu"
+        torch.manual_seed(seed + 5)
+        model = cls(cls.config_class.from_dict(config))
+        model.save_pretrained(folder / sub)
+    import shutil
+
+    shutil.rmtree(folder / "tokenizer")
+    write_clip_tokenizer(folder / "tokenizer", pad_token="!")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = "KandinskyPriorPipeline"
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def ddim_scheduler_config() -> dict:
+    # kandinsky-2-1/scheduler/scheduler_config.json
+    return {
+        "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear",
+        "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False, "set_alpha_to_one": False,
+        "steps_offset": 1, "prediction_type": "epsilon", "thresholding": False,
+    }
+
+
+def make_decoder_21(folder: Path, seed: int = 0, embed_dim: int = 24, in_channels: int = 4) -> Path:
+    """A tiny ``kandinsky-2-1`` (``in_channels=9``: ``-inpaint``): M-CLIP text encoder, XLM-R tokenizer,
+    text+image conditioned UNet, MoVQ, DDIM."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    UNet2DConditionModel(
+        in_channels=in_channels, out_channels=8, addition_embed_type="text_image",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(32, 64), layers_per_block=1,
+        encoder_hid_dim=20, encoder_hid_dim_type="text_image_proj", cross_attention_dim=embed_dim,
+        attention_head_dim=4, resnet_time_scale_shift="scale_shift", class_embed_type=None, norm_num_groups=8,
+    ).save_pretrained(folder / "unet")
+    tiny_movq(seed + 1).save_pretrained(folder / "movq")
+    torch.manual_seed(seed + 2)
+    MultilingualCLIP(MCLIPConfig(
+        numDims=embed_dim, transformerDimensions=20, hidden_size=20, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, vocab_size=200, max_position_embeddings=100,
+    )).save_pretrained(folder / "text_encoder")
+    write_xlmr_tokenizer(folder / "tokenizer")
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(ddim_scheduler_config(), indent=2))
+    _model_index(
+        folder, "KandinskyInpaintPipeline" if in_channels == 9 else "KandinskyPipeline",
+        {
+            "text_encoder": ("kandinsky", "MultilingualCLIP"),
+            "tokenizer": ("transformers", "XLMRobertaTokenizer"),
+            "unet": ("diffusers", "UNet2DConditionModel"),
+            "movq": ("diffusers", "VQModel"),
+            "scheduler": ("diffusers", "DDIMScheduler"),
+        },
+    )
+    return folder

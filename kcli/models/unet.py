@@ -53,6 +53,15 @@ class UNetConfig:
     def time_embed_dim(self) -> int:
         return self.block_out_channels[0] * 4
 
+    @property
+    def image_embed_dim(self) -> int:
+        """Width of the CLIP image embedding it takes (1280 for 2.2, 768 for 2.1)."""
+        return self.encoder_hid_dim if self.addition_embed_type == "image" else self.cross_attention_dim
+
+    @property
+    def version(self) -> str:
+        return "2.2" if self.addition_embed_type == "image" else "2.1"
+
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
         n = len(d.get("block_out_channels", ()))

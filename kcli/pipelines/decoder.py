@@ -2,6 +2,7 @@
 
 Three ways in, one loop: from noise (text-to-image), from a partly noised picture (image-to-image),
 and from noise with a known region re-imposed after every step (inpainting, 9-channel UNet).
+The version is the checkpoint's: 2.1 decoders also read the prompt (M-CLIP, ``text_encoder/``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import torch
 
 from kcli.loading.errors import CheckpointError, KandinskyError
 from kcli.loading.weights import read_json
+from kcli.models.mclip import MCLIPText
 from kcli.models.movq import MoVQ, load_movq
 from kcli.models.unet import UNet, load_unet
 from kcli.pipelines.images import keep_latent_mask, to_uint8
 from kcli.samplers import decoder_sampler
 from kcli.samplers.denoise import denoise
 from kcli.samplers.noise import randn
+from kcli.samplers.schedule import legacy_img2img_noise
 
 
 def grid_step(movq_levels: int, unet_levels: int) -> int:
@@ -39,10 +42,12 @@ def decoder_grid_step(folder: Path) -> int:
 
 
 class DecoderStage:
-    def __init__(self, unet: UNet, movq: MoVQ, scheduler_config: dict):
-        self.unet, self.movq = unet, movq
+    def __init__(self, unet: UNet, movq: MoVQ, scheduler_config: dict, text: MCLIPText | None = None):
+        self.unet, self.movq, self.text = unet, movq, text
         self.scheduler_config = scheduler_config
         self.sampler = decoder_sampler(scheduler_config)
+        if (unet.config.version == "2.1") != (text is not None):
+            raise CheckpointError("a Kandinsky 2.1 decoder needs its text encoder, and only it")
 
     @classmethod
     def load(cls, folder: Path, *, dtype: torch.dtype, device: torch.device) -> DecoderStage:
@@ -50,8 +55,13 @@ class DecoderStage:
         if not folder.is_dir():
             raise CheckpointError(f"decoder {folder} is not a folder")
         scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
-        return cls(load_unet(folder / "unet", dtype=dtype, device=device),
-                   load_movq(folder / "movq", dtype=dtype, device=device), scheduler)
+        unet = load_unet(folder / "unet", dtype=dtype, device=device)
+        text = MCLIPText.load(folder, dtype=dtype, device=device) if unet.config.version == "2.1" else None
+        return cls(unet, load_movq(folder / "movq", dtype=dtype, device=device), scheduler, text)
+
+    @property
+    def version(self) -> str:
+        return self.unet.config.version
 
     @property
     def pixel_step(self) -> int:
@@ -59,7 +69,7 @@ class DecoderStage:
 
     @property
     def embed_dim(self) -> int:
-        return self.unet.config.encoder_hid_dim
+        return self.unet.config.image_embed_dim
 
     @property
     def is_inpainting(self) -> bool:
@@ -69,50 +79,69 @@ class DecoderStage:
     def device(self) -> torch.device:
         return self.unet.conv_in.weight.device
 
-    def _cond(self, image_embeds, negative_embeds, guidance: float) -> torch.Tensor:
-        cond = torch.cat([negative_embeds, image_embeds]) if guidance > 1.0 else image_embeds
-        return cond.to(device=self.device, dtype=self.unet.dtype)
+    def _cond(self, image_embeds, negative_embeds, prompt: str, guidance: float) -> dict:
+        """The UNet's conditioning, rows [unconditional; conditional] under guidance.
+
+        2.1 also reads the prompt; like the reference's combined pipelines, its unconditional text is empty
+        (a negative prompt acts through the prior's negative image embedding).
+        """
+        cfg = guidance > 1.0
+        rows = image_embeds.shape[0]
+        cond = {"image_embeds": torch.cat([negative_embeds, image_embeds]) if cfg else image_embeds}
+        if self.text is not None:
+            texts = [""] * rows + [prompt] * rows if cfg else [prompt] * rows
+            cond["text_embeds"], cond["text_hidden"] = self.text(texts)
+        return {k: v.to(device=self.device, dtype=self.unet.dtype) for k, v in cond.items()}
 
     def _require(self, inpainting: bool) -> None:
         if inpainting != self.is_inpainting:
             need = "an inpainting decoder (9 input channels)" if inpainting else "a text-to-image decoder"
             raise KandinskyError(f"this needs {need}, but the decoder has {self.unet.config.in_channels} input channels")
 
-    def sample(self, image_embeds: torch.Tensor, negative_embeds: torch.Tensor, *, width: int, height: int,
-               steps: int, guidance: float, generator: torch.Generator, on_step=None) -> torch.Tensor:
+    def sample(self, image_embeds: torch.Tensor, negative_embeds: torch.Tensor, prompt: str = "", *,
+               width: int, height: int, steps: int, guidance: float, generator: torch.Generator,
+               on_step=None) -> torch.Tensor:
         """Text-to-image: (B, D) embeddings -> (B, 4, h, w) latents. ``width``/``height`` are on the grid."""
         self._require(False)
-        cond, sf = self._cond(image_embeds, negative_embeds, guidance), self.movq.scale_factor
+        cond, sf = self._cond(image_embeds, negative_embeds, prompt, guidance), self.movq.scale_factor
         shape = (image_embeds.shape[0], self.movq.config.latent_channels, height // sf, width // sf)
         latents = randn(shape, generator, self.device, self.unet.dtype)
-        return denoise(lambda x, t: self.unet(x, t, cond), self.sampler, latents, self.sampler.timesteps(steps),
+        return denoise(lambda x, t: self.unet(x, t, **cond), self.sampler, latents, self.sampler.timesteps(steps),
                        guidance=guidance, generator=generator, on_step=on_step)
 
-    def refine(self, init: torch.Tensor, image_embeds: torch.Tensor, negative_embeds: torch.Tensor, *,
-               strength: float, steps: int, guidance: float, generator: torch.Generator, on_step=None) -> torch.Tensor:
-        """Image-to-image: re-noise the encoded picture (B, 3, H, W in [-1, 1]) to the level of the first kept
-        step, then run the last ``strength`` share of the schedule (at least one step)."""
+    def refine(self, init: torch.Tensor, image_embeds: torch.Tensor, negative_embeds: torch.Tensor,
+               prompt: str = "", *, strength: float, steps: int, guidance: float, generator: torch.Generator,
+               on_step=None) -> torch.Tensor:
+        """Image-to-image: re-noise the encoded picture (B, 3, H, W in [-1, 1]), then run the last
+        ``strength`` share of the schedule (at least one step).
+
+        2.2 noises to the level of the first kept step; 2.1 as its reference does (legacy_img2img_noise).
+        """
         self._require(False)
-        cond = self._cond(image_embeds, negative_embeds, guidance)
+        cond = self._cond(image_embeds, negative_embeds, prompt, guidance)
         x0 = self.movq.encode(init.to(self.device, self.unet.dtype))
         timesteps = self.sampler.timesteps(steps)
         kept = timesteps[steps - max(1, min(int(steps * strength), steps)):]
         noise = randn(x0.shape, generator, self.device, self.unet.dtype)
-        latents = self.sampler.add_noise(x0, noise, kept[0])
-        return denoise(lambda x, t: self.unet(x, t, cond), self.sampler, latents, kept,
+        if self.version == "2.1":
+            latents = legacy_img2img_noise(x0, noise, strength, self.sampler.cfg.num_train_timesteps)
+        else:
+            latents = self.sampler.add_noise(x0, noise, kept[0])
+        return denoise(lambda x, t: self.unet(x, t, **cond), self.sampler, latents, kept,
                        guidance=guidance, generator=generator, on_step=on_step)
 
     def inpaint(self, image: torch.Tensor, repaint: np.ndarray, image_embeds: torch.Tensor,
-                negative_embeds: torch.Tensor, *, steps: int, guidance: float, generator: torch.Generator,
-                on_step=None) -> torch.Tensor:
+                negative_embeds: torch.Tensor, prompt: str = "", *, steps: int, guidance: float,
+                generator: torch.Generator, on_step=None) -> torch.Tensor:
         """Repaint where ``repaint`` (H, W bool) is set in ``image`` (1, 3, H, W in [-1, 1]).
 
-        The UNet sees [latents, known latents, keep mask]; after every step the known region is put back,
-        noised to the next step's level with the initial noise (no new draws); finally without noise.
+        The UNet sees [latents, known latents, keep mask]. 2.2 also puts the known region back after every
+        step, noised to the next step's level with the initial noise (no new draws), and finally without
+        noise; the 2.1 reference does neither, and neither do we for 2.1.
         """
         self._require(True)
         dtype, cfg = self.unet.dtype, guidance > 1.0
-        cond = self._cond(image_embeds, negative_embeds, guidance)
+        cond = self._cond(image_embeds, negative_embeds, prompt, guidance)
         known = self.movq.encode(image.to(self.device, dtype))  # (1, 4, h, w)
         keep = keep_latent_mask(repaint, tuple(known.shape[-2:])).to(self.device, dtype)
         extra = torch.cat([known * keep, keep], dim=1)  # (1, 5, h, w)
@@ -128,9 +157,11 @@ class DecoderStage:
                 ref = self.sampler.add_noise(known, noise, timesteps[i + 1])
             return keep * ref + (1 - keep) * x
 
-        latents = denoise(lambda x, t: self.unet(torch.cat([x, extra], dim=1), t, cond), self.sampler, latents,
-                          timesteps, guidance=guidance, generator=generator, on_step=on_step, after_step=put_back)
-        return keep * known + (1 - keep) * latents
+        blend = self.version == "2.2"
+        latents = denoise(lambda x, t: self.unet(torch.cat([x, extra], dim=1), t, **cond), self.sampler, latents,
+                          timesteps, guidance=guidance, generator=generator, on_step=on_step,
+                          after_step=put_back if blend else None)
+        return keep * known + (1 - keep) * latents if blend else latents
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """(B, 4, h, w) latents -> (B, H, W, 3) uint8 pixels."""

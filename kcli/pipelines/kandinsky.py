@@ -114,8 +114,9 @@ class Kandinsky:
         def make(s: Settings, g: torch.Generator, report: Progress):
             emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
                                         generator=g, on_step=lambda i, n: report("prior", i, n))
-            latents = self.decoder.sample(emb, neg, width=size.gen_width, height=size.gen_height, steps=s.steps,
-                                          guidance=s.guidance, generator=g, on_step=lambda i, n: report("decoder", i, n))
+            latents = self.decoder.sample(emb, neg, s.prompt, width=size.gen_width, height=size.gen_height,
+                                          steps=s.steps, guidance=s.guidance, generator=g,
+                                          on_step=lambda i, n: report("decoder", i, n))
             return latents, lambda px: center_crop(px, size.width, size.height)
 
         yield from self._run(settings, size, make, on_progress)
@@ -130,7 +131,7 @@ class Kandinsky:
         def make(s: Settings, g: torch.Generator, report: Progress):
             emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
                                         generator=g, on_step=lambda i, n: report("prior", i, n))
-            latents = self.decoder.refine(pixels, emb, neg, strength=strength, steps=s.steps, guidance=s.guidance,
+            latents = self.decoder.refine(pixels, emb, neg, s.prompt, strength=strength, steps=s.steps, guidance=s.guidance,
                                           generator=g, on_step=lambda i, n: report("decoder", i, n))
             return latents, lambda px: _resize_array(px, size.width, size.height)
 
@@ -147,8 +148,10 @@ class Kandinsky:
         def make(s: Settings, g: torch.Generator, report: Progress):
             emb, neg = self.prior.mix(pictures, weights, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
                                       generator=g, on_step=lambda i, n: report("prior", i, n))
-            latents = self.decoder.sample(emb, neg, width=size.gen_width, height=size.gen_height, steps=s.steps,
-                                          guidance=s.guidance, generator=g, on_step=lambda i, n: report("decoder", i, n))
+            # a 2.1 decoder also reads a text: for a mix, the empty one (as the reference's examples do)
+            latents = self.decoder.sample(emb, neg, "", width=size.gen_width, height=size.gen_height,
+                                          steps=s.steps, guidance=s.guidance, generator=g,
+                                          on_step=lambda i, n: report("decoder", i, n))
             return latents, lambda px: center_crop(px, size.width, size.height)
 
         yield from self._run(settings, size, make, on_progress)
@@ -174,7 +177,7 @@ class Kandinsky:
         def make(s: Settings, g: torch.Generator, report: Progress):
             emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
                                         generator=g, on_step=lambda i, n: report("prior", i, n))
-            latents = self.decoder.inpaint(pixels, gen_repaint, emb, neg, steps=s.steps, guidance=s.guidance,
+            latents = self.decoder.inpaint(pixels, gen_repaint, emb, neg, s.prompt, steps=s.steps, guidance=s.guidance,
                                            generator=g, on_step=lambda i, n: report("decoder", i, n))
             return latents, finish
 

@@ -119,3 +119,12 @@ def predict_eps(cfg: ScheduleConfig, model_output: torch.Tensor, x: torch.Tensor
     if cfg.prediction_type == "sample":
         return (x - a_t**0.5 * model_output) / (1 - a_t) ** 0.5
     return a_t**0.5 * model_output + (1 - a_t) ** 0.5 * x  # v_prediction
+
+
+def legacy_img2img_noise(x0: torch.Tensor, noise: torch.Tensor, strength: float, T: int = 1000) -> torch.Tensor:
+    """How the Kandinsky 2.1 image-to-image reference noises its start: at timestep ``int(T * strength) - 2``
+    of the *default DDPM* schedule (betas 0.0001..0.02), whatever the checkpoint's schedule. Reproduced for
+    equality; unlike the reference, the timestep never goes below 0 (there it wrapped to full noise)."""
+    a = torch.cumprod(1.0 - torch.linspace(0.0001, 0.02, T, dtype=torch.float32), dim=0)
+    a = a[max(int(T * strength) - 2, 0)].to(x0.dtype)
+    return a**0.5 * x0 + (1 - a) ** 0.5 * noise
