@@ -4,13 +4,13 @@ against diffusers' 2.1 combined pipelines, with English and Cyrillic prompts."""
 import json
 
 import numpy as np
+import oracle
 import pytest
 import torch
 from conftest import CONFIGS
 from PIL import Image
 from test_cli import one_line_error, run
 
-import oracle
 from kcli.models.mclip import MCLIP, MCLIPText, _config
 
 STEPS = ["--steps", 4, "--prior-steps", 2, "--device", "cpu"]

@@ -41,10 +41,11 @@ def _load(what: str, folder: Path, loader):
 class CLIPText(nn.Module):
     """Prompt -> (pooled and projected embedding (B, D), last hidden state (B, 77, D), token mask (B, 77))."""
 
-    def __init__(self, tokenizer, model):
+    def __init__(self, tokenizer, model, device: torch.device | None = None):
         super().__init__()
         self.tokenizer = tokenizer
         self.model = model
+        self.exec_device = device  # where it runs; its weights may live elsewhere (offload)
 
     @classmethod
     def load(cls, prior_dir: Path, *, dtype=None, device="cpu") -> CLIPText:
@@ -57,7 +58,7 @@ class CLIPText(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return self.exec_device or self.model.device
 
     def forward(self, prompts: list[str]):
         tokens = self.tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True,
@@ -70,10 +71,11 @@ class CLIPText(nn.Module):
 class CLIPImage(nn.Module):
     """Pictures (or raw pixel tensors) -> projected CLIP image embeddings (B, D)."""
 
-    def __init__(self, processor, model):
+    def __init__(self, processor, model, device: torch.device | None = None):
         super().__init__()
         self.processor = processor
         self.model = model
+        self.exec_device = device
 
     @classmethod
     def load(cls, prior_dir: Path, *, dtype=None, device="cpu") -> CLIPImage:
@@ -98,7 +100,7 @@ class CLIPImage(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         p = self.model.parameters().__next__()
-        return self.model(pixel_values=pixel_values.to(p.device, p.dtype)).image_embeds
+        return self.model(pixel_values=pixel_values.to(self.exec_device or p.device, p.dtype)).image_embeds
 
     def zero_embed(self) -> torch.Tensor:
         """The embedding of an all-zero *normalised* input (the mean colour), the reference's 'no image' (1, D)."""

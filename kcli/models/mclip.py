@@ -48,9 +48,10 @@ def _config(d: dict):
 class MCLIPText(nn.Module):
     """Prompts -> (pooled embedding (B, D), token states (B, 77, H)), tokenizing inside."""
 
-    def __init__(self, tokenizer, model: MCLIP):
+    def __init__(self, tokenizer, model: MCLIP, device: torch.device | None = None):
         super().__init__()
         self.tokenizer, self.model = tokenizer, model
+        self.exec_device = device  # where it runs; its weights may live elsewhere (offload)
 
     @classmethod
     def load(cls, decoder_dir: Path, *, dtype=None, device="cpu") -> MCLIPText:
@@ -72,7 +73,7 @@ class MCLIPText(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.model.LinearTransformation.weight.device
+        return self.exec_device or self.model.LinearTransformation.weight.device
 
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True,

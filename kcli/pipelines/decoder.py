@@ -18,6 +18,7 @@ from kcli.models.mclip import MCLIPText
 from kcli.models.movq import MoVQ, load_movq
 from kcli.models.unet import UNet, load_unet
 from kcli.pipelines.images import keep_latent_mask, to_uint8
+from kcli.pipelines.offload import Placement
 from kcli.samplers import decoder_sampler
 from kcli.samplers.denoise import denoise
 from kcli.samplers.noise import randn
@@ -42,22 +43,35 @@ def decoder_grid_step(folder: Path) -> int:
 
 
 class DecoderStage:
-    def __init__(self, unet: UNet, movq: MoVQ, scheduler_config: dict, text: MCLIPText | None = None):
+    def __init__(self, unet: UNet, movq: MoVQ, scheduler_config: dict, text: MCLIPText | None = None,
+                 placement: Placement | None = None):
         self.unet, self.movq, self.text = unet, movq, text
+        self.placement = placement or Placement("none", unet.conv_in.weight.device)
         self.scheduler_config = scheduler_config
-        self.sampler = decoder_sampler(scheduler_config)
+        self.sampler = decoder_sampler(scheduler_config)  # the checkpoint's own; checks the config at load
         if (unet.config.version == "2.1") != (text is not None):
             raise CheckpointError("a Kandinsky 2.1 decoder needs its text encoder, and only it")
 
     @classmethod
-    def load(cls, folder: Path, *, dtype: torch.dtype, device: torch.device) -> DecoderStage:
+    def load(cls, folder: Path, *, dtype: torch.dtype, placement: Placement) -> DecoderStage:
         folder = Path(folder)
         if not folder.is_dir():
             raise CheckpointError(f"decoder {folder} is not a folder")
         scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
-        unet = load_unet(folder / "unet", dtype=dtype, device=device)
-        text = MCLIPText.load(folder, dtype=dtype, device=device) if unet.config.version == "2.1" else None
-        return cls(unet, load_movq(folder / "movq", dtype=dtype, device=device), scheduler, text)
+        where = placement.weights_device
+        unet = load_unet(folder / "unet", dtype=dtype, device=where)
+        # fp16's range is too small for the MoVQ decoder's activations: keep it in fp32 (67M weights)
+        movq = load_movq(folder / "movq", dtype=torch.float32 if dtype == torch.float16 else dtype, device=where)
+        text = None
+        if unet.config.version == "2.1":
+            text = MCLIPText.load(folder, dtype=dtype, device=where)
+            text.exec_device = placement.device
+        for model in (unet, movq, text.model if text else None):
+            placement.adopt(model)
+        return cls(unet, movq, scheduler, text, placement)
+
+    def _models(self, *extra) -> tuple:
+        return (self.unet, self.text.model if self.text else None, *extra)
 
     @property
     def version(self) -> str:
@@ -77,7 +91,7 @@ class DecoderStage:
 
     @property
     def device(self) -> torch.device:
-        return self.unet.conv_in.weight.device
+        return self.placement.device
 
     def _cond(self, image_embeds, negative_embeds, prompt: str, guidance: float) -> dict:
         """The UNet's conditioning, rows [unconditional; conditional] under guidance.
@@ -100,39 +114,45 @@ class DecoderStage:
 
     def sample(self, image_embeds: torch.Tensor, negative_embeds: torch.Tensor, prompt: str = "", *,
                width: int, height: int, steps: int, guidance: float, generator: torch.Generator,
-               on_step=None) -> torch.Tensor:
+               sampler: str | None = None, on_step=None) -> torch.Tensor:
         """Text-to-image: (B, D) embeddings -> (B, 4, h, w) latents. ``width``/``height`` are on the grid."""
         self._require(False)
-        cond, sf = self._cond(image_embeds, negative_embeds, prompt, guidance), self.movq.scale_factor
-        shape = (image_embeds.shape[0], self.movq.config.latent_channels, height // sf, width // sf)
-        latents = randn(shape, generator, self.device, self.unet.dtype)
-        return denoise(lambda x, t: self.unet(x, t, **cond), self.sampler, latents, self.sampler.timesteps(steps),
-                       guidance=guidance, generator=generator, on_step=on_step)
+        solver = decoder_sampler(self.scheduler_config, sampler)
+        with self.placement.on(*self._models()):
+            cond, sf = self._cond(image_embeds, negative_embeds, prompt, guidance), self.movq.scale_factor
+            shape = (image_embeds.shape[0], self.movq.config.latent_channels, height // sf, width // sf)
+            latents = randn(shape, generator, self.device, self.unet.dtype)
+            return denoise(lambda x, t: self.unet(x, t, **cond), solver, latents, solver.timesteps(steps),
+                           guidance=guidance, generator=generator, on_step=on_step)
 
     def refine(self, init: torch.Tensor, image_embeds: torch.Tensor, negative_embeds: torch.Tensor,
                prompt: str = "", *, strength: float, steps: int, guidance: float, generator: torch.Generator,
-               on_step=None) -> torch.Tensor:
+               sampler: str | None = None, on_step=None) -> torch.Tensor:
         """Image-to-image: re-noise the encoded picture (B, 3, H, W in [-1, 1]), then run the last
         ``strength`` share of the schedule (at least one step).
 
         2.2 noises to the level of the first kept step; 2.1 as its reference does (legacy_img2img_noise).
         """
         self._require(False)
-        cond = self._cond(image_embeds, negative_embeds, prompt, guidance)
-        x0 = self.movq.encode(init.to(self.device, self.unet.dtype))
-        timesteps = self.sampler.timesteps(steps)
-        kept = timesteps[steps - max(1, min(int(steps * strength), steps)):]
-        noise = randn(x0.shape, generator, self.device, self.unet.dtype)
-        if self.version == "2.1":
-            latents = legacy_img2img_noise(x0, noise, strength, self.sampler.cfg.num_train_timesteps)
-        else:
-            latents = self.sampler.add_noise(x0, noise, kept[0])
-        return denoise(lambda x, t: self.unet(x, t, **cond), self.sampler, latents, kept,
-                       guidance=guidance, generator=generator, on_step=on_step)
+        solver = decoder_sampler(self.scheduler_config, sampler)
+        with self.placement.on(*self._models(self.movq)):
+            cond = self._cond(image_embeds, negative_embeds, prompt, guidance)
+            x0 = self.movq.encode(init.to(self.device)).to(self.unet.dtype)
+            timesteps = solver.timesteps(steps)
+            start = steps - max(1, min(int(steps * strength), steps))
+            if hasattr(solver, "set_begin_index"):
+                solver.set_begin_index(start)
+            noise = randn(x0.shape, generator, self.device, self.unet.dtype)
+            if self.version == "2.1":
+                latents = legacy_img2img_noise(x0, noise, strength, self.sampler.cfg.num_train_timesteps)
+            else:
+                latents = solver.add_noise(x0, noise, timesteps[start])
+            return denoise(lambda x, t: self.unet(x, t, **cond), solver, latents, timesteps[start:],
+                           guidance=guidance, generator=generator, on_step=on_step)
 
     def inpaint(self, image: torch.Tensor, repaint: np.ndarray, image_embeds: torch.Tensor,
                 negative_embeds: torch.Tensor, prompt: str = "", *, steps: int, guidance: float,
-                generator: torch.Generator, on_step=None) -> torch.Tensor:
+                generator: torch.Generator, sampler: str | None = None, on_step=None) -> torch.Tensor:
         """Repaint where ``repaint`` (H, W bool) is set in ``image`` (1, 3, H, W in [-1, 1]).
 
         The UNet sees [latents, known latents, keep mask]. 2.2 also puts the known region back after every
@@ -140,29 +160,36 @@ class DecoderStage:
         noise; the 2.1 reference does neither, and neither do we for 2.1.
         """
         self._require(True)
+        with self.placement.on(*self._models(self.movq)):
+            return self._inpaint(image, repaint, image_embeds, negative_embeds, prompt, steps, guidance,
+                                 generator, decoder_sampler(self.scheduler_config, sampler), on_step)
+
+    def _inpaint(self, image, repaint, image_embeds, negative_embeds, prompt, steps, guidance, generator, solver,
+                 on_step) -> torch.Tensor:
         dtype, cfg = self.unet.dtype, guidance > 1.0
         cond = self._cond(image_embeds, negative_embeds, prompt, guidance)
-        known = self.movq.encode(image.to(self.device, dtype))  # (1, 4, h, w)
+        known = self.movq.encode(image.to(self.device)).to(dtype)  # (1, 4, h, w)
         keep = keep_latent_mask(repaint, tuple(known.shape[-2:])).to(self.device, dtype)
         extra = torch.cat([known * keep, keep], dim=1)  # (1, 5, h, w)
         extra = extra.repeat(2 * image_embeds.shape[0] if cfg else image_embeds.shape[0], 1, 1, 1)
 
         latents = randn((image_embeds.shape[0], *known.shape[1:]), generator, self.device, dtype)
         noise = latents.clone()
-        timesteps = self.sampler.timesteps(steps)
+        timesteps = solver.timesteps(steps)
 
         def put_back(i: int, x: torch.Tensor) -> torch.Tensor:
             ref = known
             if i + 1 < len(timesteps):
-                ref = self.sampler.add_noise(known, noise, timesteps[i + 1])
+                ref = solver.add_noise(known, noise, timesteps[i + 1])
             return keep * ref + (1 - keep) * x
 
         blend = self.version == "2.2"
-        latents = denoise(lambda x, t: self.unet(torch.cat([x, extra], dim=1), t, **cond), self.sampler, latents,
+        latents = denoise(lambda x, t: self.unet(torch.cat([x, extra], dim=1), t, **cond), solver, latents,
                           timesteps, guidance=guidance, generator=generator, on_step=on_step,
                           after_step=put_back if blend else None)
         return keep * known + (1 - keep) * latents if blend else latents
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """(B, 4, h, w) latents -> (B, H, W, 3) uint8 pixels."""
-        return to_uint8(self.movq.decode(latents.to(self.movq.dtype)))
+        with self.placement.on(self.movq):
+            return to_uint8(self.movq.decode(latents.to(self.device, self.movq.dtype)))

@@ -28,7 +28,9 @@ from kcli.loading.errors import KandinskyError
 from kcli.pipelines.decoder import DecoderStage
 from kcli.pipelines.devices import resolve_device, resolve_dtype
 from kcli.pipelines.images import SizePlan, center_crop, paste_original, plan_size, resize, rgb, to_pixels
+from kcli.pipelines.offload import Placement
 from kcli.pipelines.prior import PriorStage
+from kcli.samplers import SAMPLER_NAMES
 from kcli.samplers.noise import cpu_generator
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total); stages: load, prior, decoder, decode
@@ -42,6 +44,7 @@ class LoadOptions:
     decoder: Path
     device: str = "auto"
     dtype: str | None = None  # fp32 | fp16 | bf16; None: fp16 on CUDA, fp32 on CPU
+    offload: str = "none"  # none | model | sequential (see pipelines/offload.py)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Settings:
     guidance: float = 4.0
     prior_guidance: float = 4.0
     num_images: int = 1
+    sampler: str | None = None  # None: the decoder checkpoint's own; or ddpm, ddim, dpm++2m, dpm++2m-karras
 
     def check(self) -> None:
         for name in ("steps", "prior_steps", "num_images"):
@@ -70,6 +74,8 @@ class Settings:
             raise KandinskyError("steps cannot exceed the 1000 training timesteps")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise KandinskyError(f"seed must be between 0 and 2^63-1, got {self.seed}")
+        if self.sampler not in (None, *SAMPLER_NAMES):
+            raise KandinskyError(f"unknown sampler {self.sampler!r}: use {', '.join(SAMPLER_NAMES)}")
 
 
 @dataclass
@@ -89,16 +95,18 @@ class Kandinsky:
                 f"{decoder.embed_dim}-d ones: they are not from the same Kandinsky version"
             )
         self.prior, self.decoder, self.device, self.dtype = prior, decoder, device, dtype
+        self.placement = decoder.placement
 
     @classmethod
     def load(cls, opts: LoadOptions, on_progress: Progress | None = None) -> Kandinsky:
         device = resolve_device(opts.device)
         dtype = resolve_dtype(opts.dtype, device)
+        placement = Placement(opts.offload, device)
         report = on_progress or (lambda *a: None)
         report("load", 0, 2)
-        prior = PriorStage.load(Path(opts.prior), dtype=dtype, device=device)
+        prior = PriorStage.load(Path(opts.prior), dtype=dtype, placement=placement)
         report("load", 1, 2)
-        decoder = DecoderStage.load(Path(opts.decoder), dtype=dtype, device=device)
+        decoder = DecoderStage.load(Path(opts.decoder), dtype=dtype, placement=placement)
         report("load", 2, 2)
         return cls(prior, decoder, device, dtype)
 
@@ -115,7 +123,7 @@ class Kandinsky:
             emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
                                         generator=g, on_step=lambda i, n: report("prior", i, n))
             latents = self.decoder.sample(emb, neg, s.prompt, width=size.gen_width, height=size.gen_height,
-                                          steps=s.steps, guidance=s.guidance, generator=g,
+                                          steps=s.steps, guidance=s.guidance, generator=g, sampler=s.sampler,
                                           on_step=lambda i, n: report("decoder", i, n))
             return latents, lambda px: center_crop(px, size.width, size.height)
 
@@ -131,8 +139,9 @@ class Kandinsky:
         def make(s: Settings, g: torch.Generator, report: Progress):
             emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
                                         generator=g, on_step=lambda i, n: report("prior", i, n))
-            latents = self.decoder.refine(pixels, emb, neg, s.prompt, strength=strength, steps=s.steps, guidance=s.guidance,
-                                          generator=g, on_step=lambda i, n: report("decoder", i, n))
+            latents = self.decoder.refine(pixels, emb, neg, s.prompt, strength=strength, steps=s.steps,
+                                          guidance=s.guidance, generator=g, sampler=s.sampler,
+                                          on_step=lambda i, n: report("decoder", i, n))
             return latents, lambda px: _resize_array(px, size.width, size.height)
 
         yield from self._run(settings, size, make, on_progress)
@@ -150,7 +159,7 @@ class Kandinsky:
                                       generator=g, on_step=lambda i, n: report("prior", i, n))
             # a 2.1 decoder also reads a text: for a mix, the empty one (as the reference's examples do)
             latents = self.decoder.sample(emb, neg, "", width=size.gen_width, height=size.gen_height,
-                                          steps=s.steps, guidance=s.guidance, generator=g,
+                                          steps=s.steps, guidance=s.guidance, generator=g, sampler=s.sampler,
                                           on_step=lambda i, n: report("decoder", i, n))
             return latents, lambda px: center_crop(px, size.width, size.height)
 
@@ -177,8 +186,9 @@ class Kandinsky:
         def make(s: Settings, g: torch.Generator, report: Progress):
             emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
                                         generator=g, on_step=lambda i, n: report("prior", i, n))
-            latents = self.decoder.inpaint(pixels, gen_repaint, emb, neg, s.prompt, steps=s.steps, guidance=s.guidance,
-                                           generator=g, on_step=lambda i, n: report("decoder", i, n))
+            latents = self.decoder.inpaint(pixels, gen_repaint, emb, neg, s.prompt, steps=s.steps,
+                                           guidance=s.guidance, generator=g, sampler=s.sampler,
+                                           on_step=lambda i, n: report("decoder", i, n))
             return latents, finish
 
         yield from self._run(settings, size, make, on_progress)

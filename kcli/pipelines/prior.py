@@ -15,32 +15,37 @@ from kcli.loading.errors import CheckpointError
 from kcli.loading.weights import find_weights, read_json
 from kcli.models.clip import CLIPImage, CLIPText
 from kcli.models.prior import PriorTransformer, load_prior
+from kcli.pipelines.offload import Placement
 from kcli.samplers.noise import randn
 from kcli.samplers.unclip import UnCLIPSampler, sample_prior
 
 
 class PriorStage:
     def __init__(self, folder: Path, text: CLIPText, prior: PriorTransformer, sampler: UnCLIPSampler,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, placement: Placement):
         self.folder, self.text, self.prior, self.sampler = folder, text, prior, sampler
-        self.dtype, self.device = dtype, device
+        self.dtype, self.placement, self.device = dtype, placement, placement.device
         self._image: CLIPImage | None = None
 
     @classmethod
-    def load(cls, folder: Path, *, dtype: torch.dtype, device: torch.device) -> PriorStage:
+    def load(cls, folder: Path, *, dtype: torch.dtype, placement: Placement) -> PriorStage:
         folder = Path(folder)
         if not folder.is_dir():
             raise CheckpointError(f"prior {folder} is not a folder")
         sampler = UnCLIPSampler.from_dict(read_json(folder / "scheduler" / "scheduler_config.json"))
-        prior = load_prior(folder / "prior", dtype=dtype, device=device)
-        text = CLIPText.load(folder, dtype=dtype, device=device)
-        return cls(folder, text, prior, sampler, dtype, device)
+        prior = placement.adopt(load_prior(folder / "prior", dtype=dtype, device=placement.weights_device))
+        text = CLIPText.load(folder, dtype=dtype, device=placement.weights_device)
+        text.exec_device = placement.device
+        placement.adopt(text.model)
+        return cls(folder, text, prior, sampler, dtype, placement)
 
     @property
     def image_encoder(self) -> CLIPImage:
         """Loaded on first use: text-to-image needs it only once per checkpoint (see zero_embed)."""
         if self._image is None:
-            self._image = CLIPImage.load(self.folder, dtype=self.dtype, device=self.device)
+            self._image = CLIPImage.load(self.folder, dtype=self.dtype, device=self.placement.weights_device)
+            self._image.exec_device = self.device
+            self.placement.adopt(self._image.model)
         return self._image
 
     def zero_embed(self) -> torch.Tensor:
@@ -49,7 +54,8 @@ class PriorStage:
         key = cache.fingerprint(enc / "config.json", find_weights(enc), extra=str(self.dtype))
         emb = cache.load_tensor("zero_embeds", key)
         if emb is None:
-            emb = self.image_encoder.zero_embed()
+            with torch.inference_mode(), self.placement.on(self.image_encoder.model):
+                emb = self.image_encoder.zero_embed()
             cache.save_tensor("zero_embeds", key, emb)
         return emb.to(self.device, self.dtype)
 
@@ -72,9 +78,11 @@ class PriorStage:
         prompts = [prompt] if negative is None else [prompt, negative]
         uncond = [""] * len(prompts) if negative is None else [negative] * 2
         cfg = guidance > 1.0
-        embeds, hidden, mask = self._encode(prompts, uncond, cfg)
-        out = sample_prior(self.prior, self.sampler, steps=steps, text_embeds=embeds, hidden_states=hidden,
-                           mask=mask, guidance=guidance, generator=generator, batch=len(prompts), on_step=on_step)
+        with self.placement.on(self.text.model, self.prior):
+            embeds, hidden, mask = self._encode(prompts, uncond, cfg)
+            out = sample_prior(self.prior, self.sampler, steps=steps, text_embeds=embeds, hidden_states=hidden,
+                               mask=mask, guidance=guidance, generator=generator, batch=len(prompts),
+                               on_step=on_step)
         if negative is None:
             return out, self.zero_embed()
         image, neg = out.chunk(2)
@@ -85,7 +93,8 @@ class PriorStage:
         """(1, D) CLIP embedding of a PIL picture (resized to 224 on its short side, center-cropped)."""
         enc = self.image_encoder
         pixels = enc.processor(image, return_tensors="pt").pixel_values
-        return enc(pixels).to(self.dtype)
+        with self.placement.on(enc.model):
+            return enc(pixels).to(self.dtype)
 
     @torch.inference_mode()
     def mix(self, items: list, weights: list[float], negative: str | None, *, steps: int, guidance: float,

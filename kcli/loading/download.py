@@ -1,0 +1,603 @@
+"""Fetch hub repositories into kandinsky's cache: resumable, file-locked, checked, with progress callbacks.
+
+Layout: ``cache_dir()`` (``<home>/hub``) is a huggingface_hub cache (``models--org--name/{blobs,snapshots,
+refs}``, one blob per ETag, snapshots of symlinks), so the hub's own tools can read it. Next to it each
+repository folder holds ``kandinsky.json``: per commit, the files a fetch completed, with size and ETag.
+A snapshot counts as cached only when that record lists every file it needs.
+
+The bytes move through ``huggingface_hub``'s HTTP client, URLs, headers and errors (so ``HF_ENDPOINT``,
+``HF_TOKEN``, proxies and ``HF_HUB_OFFLINE`` behave as with any hub tool), but with our own transfer loop:
+huggingface_hub 2.x deletes a partial file when a download fails, while here ``blobs/<etag>.incomplete``
+stays and the next run resumes it with a Range request. Each file is hashed as it arrives (sha256 for LFS
+files, git's blob sha1 for the rest, which is what the hub's ETag is) and renamed into place only when it
+matches, under the same lock file huggingface_hub uses.
+
+This module imports nothing else from kcli but the loading layer, and never prints: ``Progress`` callbacks
+report what happens.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote
+
+from kcli.loading.errors import CheckpointError, KandinskyError
+from kcli.loading.registry import RepoSpec
+
+MANIFEST = "kandinsky.json"
+CHUNK = 1 << 20
+RETRIES = 3  # attempts in a row that receive nothing before a download is given up (and kept for next time)
+WANTED = (".json", ".txt", ".model", ".safetensors")  # configs, tokenizers, sentencepiece models, weights
+
+
+class DownloadInterrupted(CheckpointError):
+    """The connection dropped for good in the middle of a file; its partial download is kept."""
+
+
+class NotCached(CheckpointError):
+    """Offline, and the cache lacks something."""
+
+
+class Progress:
+    """What a fetch reports; the command line draws it. Each method is a no-op here."""
+
+    def planned(self, what: str, files: int, todo: int, cached: int, folder: Path) -> None:
+        """Before any byte moves: ``files`` files, ``todo`` bytes to fetch, ``cached`` bytes already here."""
+
+    def started(self, name: str, size: int, done: int) -> None:
+        """A file starts (``done`` > 0: resumed from a partial download)."""
+
+    def advanced(self, name: str, done: int) -> None:
+        """``done`` bytes of the file are in."""
+
+    def finished(self, name: str) -> None:
+        """The file is complete and checked."""
+
+
+def cache_dir() -> Path:
+    """Where checkpoints live: ``$KANDINSKY_HOME/hub``, by default under the platform's cache folder."""
+    from kcli.loading.cache import home  # the one place that decides where kandinsky keeps things
+
+    return home() / "hub"
+
+
+def repo_folder(repo_id: str) -> Path:
+    return cache_dir() / ("models--" + repo_id.replace("/", "--"))
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
+def endpoint() -> str:
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+# ---- what is cached ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One file as the hub lists it at a commit."""
+
+    path: str
+    size: int
+    etag: str  # sha256 for LFS files, git blob sha1 otherwise
+    lfs: bool
+
+
+@dataclass
+class Cached:
+    """The state of one repository in the cache."""
+
+    repo: RepoSpec
+    commit: str | None = None
+    snapshot: Path | None = None  # set when every needed file is present with the right size
+    missing: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # present with the wrong size
+
+    @property
+    def complete(self) -> bool:
+        return self.snapshot is not None
+
+
+def _read_manifest(folder: Path) -> dict:
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_manifest(folder: Path, commit: str, files: list[Remote]) -> None:
+    data = _read_manifest(folder)
+    data[commit] = {"files": {f.path: {"size": f.size, "etag": f.etag, "lfs": f.lfs} for f in files}}
+    tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, folder / MANIFEST)
+
+
+def _commit_for(folder: Path, repo: RepoSpec) -> str | None:
+    if repo.revision:
+        return repo.revision
+    try:
+        return (folder / "refs" / repo.ref).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def recorded_files(repo: RepoSpec, commit: str) -> dict[str, dict]:
+    return _read_manifest(repo_folder(repo.id)).get(commit, {}).get("files", {})
+
+
+def inspect(repo: RepoSpec) -> Cached:
+    """What the cache holds for ``repo``, from file sizes only (cheap: reads no weights)."""
+    folder = repo_folder(repo.id)
+    state = Cached(repo, _commit_for(folder, repo))
+    if state.commit is None:
+        state.missing = [f.path for f in repo.files or ()] or ["(everything)"]
+        return state
+    recorded = recorded_files(repo, state.commit)
+    expected = {f.path: f.size for f in repo.files} if repo.files is not None else {
+        p: e.get("size") for p, e in recorded.items()}
+    if not expected:
+        state.missing = ["(everything)"]
+        return state
+    snap = folder / "snapshots" / state.commit
+    for path, size in expected.items():
+        entry = recorded.get(path)
+        target = snap / path
+        if entry is None or not target.exists():
+            state.missing.append(path)
+        elif target.stat().st_size != entry.get("size") or (size is not None and size != entry.get("size")):
+            state.damaged.append(path)
+    if not state.missing and not state.damaged:
+        state.snapshot = snap
+    return state
+
+
+def disk_usage(repo_id: str) -> int:
+    """Bytes the repository's blobs (finished and partial) take."""
+    blobs = repo_folder(repo_id) / "blobs"
+    return sum(p.stat().st_size for p in blobs.iterdir() if p.is_file()) if blobs.is_dir() else 0
+
+
+def remove(repo_id: str) -> int:
+    """Delete a repository from the cache; returns the bytes freed."""
+    folder = repo_folder(repo_id)
+    freed = disk_usage(repo_id)
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.rmtree(cache_dir() / ".locks" / folder.name, ignore_errors=True)
+    return freed
+
+
+# ---- talking to the hub --------------------------------------------------------------------------------
+
+
+def _hub_error(e: Exception, repo: RepoSpec, path: str | None = None) -> KandinskyError:
+    """One line for everything the hub or the network can answer."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(e, GatedRepoError):
+        return CheckpointError(f"repository {repo.id} is gated: accept its terms on the hub and set HF_TOKEN")
+    if isinstance(e, RepositoryNotFoundError):
+        return CheckpointError(f"repository {repo.id} was not found on the hub at {endpoint()} "
+                               "(a private repository needs HF_TOKEN)")
+    if isinstance(e, RevisionNotFoundError):
+        return CheckpointError(f"revision {repo.ref} of {repo.id} was not found on the hub")
+    if isinstance(e, RemoteEntryNotFoundError):
+        return CheckpointError(f"{repo.id} has no file {path or '?'} at revision {repo.ref}")
+    if isinstance(e, OfflineModeIsEnabled):
+        return NotCached(f"{repo.id} is not in the cache and HF_HUB_OFFLINE forbids downloading it")
+    if isinstance(e, HfHubHTTPError):
+        status = e.response.status_code if e.response is not None else "?"
+        return CheckpointError(f"the hub answered {status} for {repo.id}: {_first_line(e)}")
+    return CheckpointError(f"cannot reach the hub at {endpoint()} ({_first_line(e)}): check the network, "
+                           "or add --offline to use only what is in the cache")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _get_json(url: str, params: dict | None = None):
+    """GET a hub API url (no long retry loop: an unreachable hub should fail in seconds, not minutes)."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    headers = build_hf_headers()
+    for attempt in range(2):
+        try:
+            r = get_session().get(url, headers=headers, params=params, timeout=constants.HF_HUB_ETAG_TIMEOUT,
+                                  follow_redirects=True)
+            hf_raise_for_status(r)
+            return r
+        except (httpx2.TimeoutException, httpx2.NetworkError):
+            if attempt:
+                raise
+            time.sleep(0.5)
+
+
+def _listing(repo: RepoSpec) -> tuple[str, dict[str, Remote]]:
+    """The commit ``repo.ref`` points to, and every file of the repository at that commit."""
+    base = f"{endpoint()}/api/models/{repo.id}"
+    commit = repo.revision
+    if commit is None:
+        commit = _get_json(f"{base}/revision/{quote(repo.ref, safe='')}").json()["sha"]
+    files: dict[str, Remote] = {}
+    url, params = f"{base}/tree/{commit}", {"recursive": "true"}
+    while url:
+        r = _get_json(url, params)
+        for entry in r.json():
+            if entry.get("type") == "file":
+                lfs = entry.get("lfs")
+                etag = lfs["oid"] if lfs else entry["oid"]
+                files[entry["path"]] = Remote(entry["path"], int(entry["size"]), etag, bool(lfs))
+        url, params = r.links.get("next", {}).get("url"), None
+    return commit, files
+
+
+def choose_files(files: dict[str, Remote]) -> list[Remote]:
+    """For a hub id given by hand: configs, tokenizer files and safetensors weights, never pickles; of an
+    fp32/fp16 pair of weights only the fp32 file; other variants (ema, ...) never."""
+    chosen = []
+    for path, remote in sorted(files.items()):
+        pure = PurePosixPath(path)
+        if pure.suffix not in WANTED or any(part.startswith(".") for part in pure.parts):
+            continue
+        if pure.suffix == ".safetensors":
+            stem = pure.name[: -len(".safetensors")]
+            base, _, variant = stem.rpartition(".")
+            if variant and base and "-of-" not in variant:  # name.variant.safetensors
+                plain = str(pure.with_name(base + ".safetensors"))
+                if variant != "fp16" or plain in files:
+                    continue
+        chosen.append(remote)
+    return chosen
+
+
+@dataclass
+class Plan:
+    repo: RepoSpec
+    commit: str
+    files: list[Remote]
+
+    @property
+    def folder(self) -> Path:
+        return repo_folder(self.repo.id)
+
+    def blob(self, f: Remote) -> Path:
+        return self.folder / "blobs" / f.etag
+
+    def todo(self) -> list[Remote]:
+        return [f for f in self.files if not _blob_ok(self.blob(f), f.size)]
+
+
+def _blob_ok(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
+def plan(repo: RepoSpec) -> Plan:
+    """Ask the hub what to fetch; a registry entry's files, sizes and sha256 must match what it lists."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        commit, listed = _listing(repo)
+    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, OSError, ValueError, KeyError) as e:
+        raise _hub_error(e, repo) from None
+    if repo.files is None:
+        files = choose_files(listed)
+        if not files:
+            raise CheckpointError(f"{repo.id} has no configs or safetensors weights at revision {repo.ref}")
+        return Plan(repo, commit, files)
+    files = []
+    for spec in repo.files:
+        remote = listed.get(spec.path)
+        if remote is None:
+            raise CheckpointError(f"{repo.id} has no file {spec.path} at revision {repo.ref}")
+        if spec.size is not None and spec.size != remote.size:
+            raise CheckpointError(f"{repo.id}/{spec.path} is {remote.size} bytes on the hub, the registry "
+                                  f"says {spec.size}: refusing to fetch it")
+        if spec.sha256 is not None and (not remote.lfs or remote.etag != spec.sha256):
+            raise CheckpointError(f"{repo.id}/{spec.path} on the hub has sha256 {remote.etag}, the registry "
+                                  f"says {spec.sha256}: refusing to fetch it")
+        files.append(remote)
+    return Plan(repo, commit, files)
+
+
+# ---- moving bytes --------------------------------------------------------------------------------------
+
+
+def _hasher(f: Remote):
+    if f.lfs:
+        return hashlib.sha256()
+    h = hashlib.sha1()
+    h.update(b"blob %d\0" % f.size)  # git's blob id: the hub's ETag of a file kept in git
+    return h
+
+
+def file_digest(path: Path, f: Remote, on_bytes=None) -> str:
+    h = _hasher(f)
+    done = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK * 8):
+            h.update(chunk)
+            done += len(chunk)
+            if on_bytes:
+                on_bytes(done)
+    return h.hexdigest()
+
+
+def _space_error(folder: Path) -> CheckpointError:
+    return CheckpointError(f"no space left on the disk of {folder}: free some space and run the command "
+                           "again (the partial download is kept and resumes)")
+
+
+def _download(p: Plan, f: Remote, progress: Progress) -> None:
+    """Fetch one file into ``blobs/<etag>``, resuming ``blobs/<etag>.incomplete`` if a run left one."""
+    import httpx2
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    blob = p.blob(f)
+    part = blob.with_name(blob.name + ".incomplete")
+    name = f"{p.repo.id.split('/')[-1]}/{f.path}"
+    url = hf_hub_url(p.repo.id, f.path, revision=p.commit, endpoint=endpoint())
+    headers = build_hf_headers()
+    h = _hasher(f)
+    done = part.stat().st_size if part.exists() else 0
+    if done > f.size:
+        part.unlink()
+        done = 0
+    if done:
+        with open(part, "rb") as fh:  # the hash covers the bytes a previous run kept
+            while chunk := fh.read(CHUNK * 8):
+                h.update(chunk)
+    progress.started(name, f.size, done)
+    idle = 0
+    while done < f.size:
+        request_headers = {**headers, "Accept-Encoding": "identity"}
+        if done:
+            request_headers["Range"] = f"bytes={done}-"
+        got = 0
+        try:
+            with get_session().stream("GET", url, headers=request_headers, follow_redirects=True,
+                                      timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
+                hf_raise_for_status(r)
+                if done and r.status_code != 206:  # the server ignored the range: start over
+                    done, h = 0, _hasher(f)
+                    part.unlink(missing_ok=True)
+                with open(part, "ab") as out:
+                    for chunk in r.iter_bytes(CHUNK):
+                        out.write(chunk)
+                        h.update(chunk)
+                        done += len(chunk)
+                        got += len(chunk)
+                        progress.advanced(name, done)
+        except HfHubHTTPError as e:
+            raise _hub_error(e, p.repo, f.path) from None
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise _space_error(blob.parent) from None
+            raise
+        except httpx2.TransportError as e:
+            idle = 0 if got else idle + 1
+            if idle >= RETRIES:
+                raise DownloadInterrupted(
+                    f"the download of {p.repo.id}/{f.path} was interrupted at {_size(done)} of {_size(f.size)} "
+                    f"({_first_line(e)}): run the command again to resume it") from None
+            time.sleep(0.2 * idle)
+            continue
+        if not got and done < f.size:
+            idle += 1
+            if idle >= RETRIES:
+                raise DownloadInterrupted(f"the hub sent nothing for {p.repo.id}/{f.path} at {_size(done)} of "
+                                          f"{_size(f.size)}: run the command again to resume it")
+    if done != f.size or h.hexdigest() != f.etag:
+        part.unlink(missing_ok=True)
+        raise CheckpointError(f"the download of {p.repo.id}/{f.path} does not match the hub's checksum "
+                              f"({'sha256' if f.lfs else 'git sha1'} {f.etag}): it was deleted, run the command "
+                              "again")
+    os.replace(part, blob)
+    progress.finished(name)
+
+
+def _link(p: Plan, f: Remote) -> None:
+    """``snapshots/<commit>/<path>`` -> ``blobs/<etag>``: a relative symlink, else a hard link, else a copy."""
+    pointer = p.folder / "snapshots" / p.commit / f.path
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    if pointer.is_symlink() or pointer.exists():
+        if pointer.resolve() == p.blob(f).resolve():
+            return
+        pointer.unlink()
+    try:
+        os.symlink(os.path.relpath(p.blob(f), pointer.parent), pointer)
+    except OSError:
+        try:
+            os.link(p.blob(f), pointer)
+        except OSError:
+            shutil.copyfile(p.blob(f), pointer)
+
+
+def _lock(p: Plan, f: Remote):
+    from huggingface_hub.utils import WeakFileLock
+
+    lock = cache_dir() / ".locks" / p.folder.name / f"{f.etag}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    return WeakFileLock(lock)
+
+
+def _free_space(folder: Path) -> int:
+    for candidate in (folder, *folder.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return 1 << 62
+
+
+def execute(plans: list[Plan], what: str, progress: Progress | None = None) -> None:
+    """Download what the plans lack (reporting the total first), then link and record each snapshot."""
+    progress = progress or Progress()
+    todo = [(p, f) for p in plans for f in p.todo()]
+    partial = sum(_partial_size(p, f) for p, f in todo)
+    need = sum(f.size for _, f in todo)
+    cached = sum(f.size for p in plans for f in p.files) - need + partial
+    files = sum(len(p.files) for p in plans)
+    if todo:
+        progress.planned(what, files, need - partial, cached, cache_dir())
+        free = _free_space(cache_dir())
+        if need - partial > free:
+            raise CheckpointError(f"not enough disk space in {cache_dir()}: the download needs "
+                                  f"{_size(need - partial)} and {_size(free)} is free")
+    for p in plans:
+        (p.folder / "blobs").mkdir(parents=True, exist_ok=True)
+        for f in p.files:
+            if not _blob_ok(p.blob(f), f.size):
+                with _lock(p, f):
+                    if not _blob_ok(p.blob(f), f.size):  # another process may have fetched it meanwhile
+                        p.blob(f).unlink(missing_ok=True)  # a damaged copy (wrong size)
+                        try:
+                            _download(p, f, progress)
+                        except OSError as e:
+                            if e.errno == errno.ENOSPC:
+                                raise _space_error(p.folder) from None
+                            raise CheckpointError(f"cannot write {p.blob(f)}: {_first_line(e)}") from None
+            _link(p, f)
+        if p.repo.ref != p.commit:
+            (p.folder / "refs").mkdir(exist_ok=True)
+            (p.folder / "refs" / p.repo.ref).write_text(p.commit)
+        _write_manifest(p.folder, p.commit, p.files)
+
+
+def _partial_size(p: Plan, f: Remote) -> int:
+    part = p.blob(f).with_name(f.etag + ".incomplete")
+    return min(part.stat().st_size, f.size) if part.exists() else 0
+
+
+def fetch(repos: list[RepoSpec], *, what: str, offline: bool = False, progress: Progress | None = None,
+          missing_hint: str | None = None) -> list[Path]:
+    """The snapshot folder of each repository, downloading what the cache lacks (unless offline).
+
+    ``what`` names the download for the user ("model 2.2", a repository id); ``missing_hint`` is the whole
+    message offline when something is missing. A pinned, complete snapshot never touches the network; a
+    repository that follows a branch is refreshed when the hub is reachable and used from the cache when
+    it is not.
+    """
+    offline = offline or hub_offline()
+    states = [inspect(repo) for repo in repos]
+    if offline:
+        for state in states:
+            if state.damaged:
+                raise CheckpointError(f"the cached file {state.damaged[0]} of {state.repo.id} is damaged (wrong "
+                                      f"size): {missing_hint or 'fetch it again without --offline'}")
+            if not state.complete:
+                raise NotCached(missing_hint or f"{what} is not in the cache")
+        return [s.snapshot for s in states]
+    plans: dict[int, Plan] = {}
+    for i, state in enumerate(states):
+        if state.complete and state.repo.revision:
+            continue
+        try:
+            plans[i] = plan(state.repo)
+        except CheckpointError as e:
+            if state.complete and str(e).startswith("cannot reach the hub"):
+                continue  # a branch we cannot refresh: the cached snapshot will do
+            raise
+    execute(list(plans.values()), what, progress)
+    return [plans[i].folder / "snapshots" / plans[i].commit if i in plans else s.snapshot
+            for i, s in enumerate(states)]
+
+
+# ---- checking what is cached ---------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    repo: RepoSpec
+    path: str
+    ok: bool
+    reason: str = ""
+
+
+def verify(repo: RepoSpec, progress: Progress | None = None, *, repair: bool = True) -> list[Check]:
+    """Hash every cached file of ``repo`` against the hub's ETag it was stored under (and the registry's
+    sha256 where it records one). With ``repair`` a file that fails is deleted, so a pull fetches it again."""
+    progress = progress or Progress()
+    state = inspect(repo)
+    if state.commit is None:
+        return [Check(repo, "(everything)", False, "not in the cache")]
+    recorded = recorded_files(repo, state.commit)
+    wanted = {f.path: f for f in repo.files} if repo.files is not None else {p: None for p in recorded}
+    folder = repo_folder(repo.id)
+    checks = []
+    for path, spec in wanted.items():
+        entry = recorded.get(path)
+        pointer = folder / "snapshots" / state.commit / path
+        if entry is None or not pointer.exists():
+            checks.append(Check(repo, path, False, "missing"))
+            continue
+        remote = Remote(path, int(entry["size"]), entry["etag"], bool(entry["lfs"]))
+        name = f"{repo.id.split('/')[-1]}/{path}"
+        progress.started(name, remote.size, 0)
+        try:
+            size = pointer.stat().st_size
+            digest = file_digest(pointer, remote, lambda done: progress.advanced(name, done))
+        except OSError as e:
+            digest, size = "", -1
+            reason = _first_line(e)
+        progress.finished(name)
+        if size != remote.size:
+            reason = f"{size} bytes, expected {remote.size}" if size >= 0 else reason
+        elif digest != remote.etag:
+            reason = f"{'sha256' if remote.lfs else 'git sha1'} {digest}, expected {remote.etag}"
+        elif spec is not None and spec.sha256 is not None and digest != spec.sha256:
+            reason = f"sha256 {digest}, the registry records {spec.sha256}"
+        else:
+            checks.append(Check(repo, path, True))
+            continue
+        checks.append(Check(repo, path, False, reason))
+        if repair:
+            for p in (pointer, folder / "blobs" / remote.etag):
+                if p.is_symlink() or p.exists():
+                    p.unlink()
+    return checks
+
+
+def _size(n: int) -> str:
+    return human_size(n)
+
+
+def human_size(n: float) -> str:
+    """Sizes as the hub shows them: SI units, three significant digits."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n} B"
