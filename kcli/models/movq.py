@@ -260,11 +260,25 @@ class Decoder(nn.Module):
         self.conv_norm_out = SpatialNorm(ch[-1], zc)
         self.conv_out = nn.Conv2d(ch[-1], cfg.out_channels, 3, padding=1)
 
-    def forward(self, h: Tensor, zq: Tensor) -> Tensor:
+    @property
+    def coarse_levels(self) -> int:
+        """Up levels up to the last one with attention: the part that must see the whole picture."""
+        return 1 + max((i for i, b in enumerate(self.up_blocks) if b.attentions is not None), default=-1)
+
+    def coarse(self, h: Tensor, zq: Tensor) -> Tensor:
         h = self.mid_block(self.conv_in(h), zq)  # (B, ch[-1], h, w)
-        for block in self.up_blocks:
+        for block in self.up_blocks[:self.coarse_levels]:
+            h = block(h, zq)
+        return h
+
+    def fine(self, h: Tensor, zq: Tensor) -> Tensor:
+        """The attention-free rest: convolutions, norms and upsampling, so it can run tile by tile."""
+        for block in self.up_blocks[self.coarse_levels:]:
             h = block(h, zq)  # -> (B, ch[0], h*sf, w*sf)
         return self.conv_out(F.silu(self.conv_norm_out(h, zq)))  # (B, out, H, W)
+
+    def forward(self, h: Tensor, zq: Tensor) -> Tensor:
+        return self.fine(self.coarse(h, zq), zq)
 
 
 class Codebook(nn.Module):
@@ -302,6 +316,16 @@ class MoVQ(nn.Module):
         """Latents (B, 4, h, w) -> image (B, 3, h*sf, w*sf), roughly in [-1, 1]."""
         z = z.to(self.dtype)
         return self.decoder(self.post_quant_conv(z), zq=z)  # the spatial norms see z, not post_quant_conv(z)
+
+    def decode_coarse(self, z: Tensor) -> Tensor:
+        """The first part of ``decode`` (through the last attention level), on the whole picture."""
+        z = z.to(self.dtype)
+        return self.decoder.coarse(self.post_quant_conv(z), z)
+
+    def decode_fine(self, h: Tensor, z: Tensor) -> Tensor:
+        """The rest of ``decode`` for ``h`` from ``decode_coarse`` (or a tile of it, with the matching
+        tile of the latents ``z``)."""
+        return self.decoder.fine(h, z.to(self.dtype))
 
 
 def load_movq(

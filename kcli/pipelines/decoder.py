@@ -18,6 +18,7 @@ from kcli.models.mclip import MCLIPText
 from kcli.models.movq import MoVQ, load_movq
 from kcli.models.unet import UNet, load_unet
 from kcli.pipelines.images import keep_latent_mask, to_uint8
+from kcli.pipelines import tiling
 from kcli.pipelines.offload import Placement
 from kcli.samplers import decoder_sampler
 from kcli.samplers.denoise import denoise
@@ -189,7 +190,10 @@ class DecoderStage:
                           after_step=put_back if blend else None)
         return keep * known + (1 - keep) * latents if blend else latents
 
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """(B, 4, h, w) latents -> (B, H, W, 3) uint8 pixels."""
+    def decode(self, latents: torch.Tensor, tile: bool | None = None) -> np.ndarray:
+        """(B, 4, h, w) latents -> (B, H, W, 3) uint8 pixels; in tiles when ``tile``, or (None) when large."""
+        if tile is None:
+            tile = max(latents.shape[-2:]) > tiling.AUTO_TILE_LATENT
         with self.placement.on(self.movq):
-            return to_uint8(self.movq.decode(latents.to(self.device, self.movq.dtype)))
+            z = latents.to(self.device, self.movq.dtype)
+            return to_uint8(tiling.decode(self.movq, z) if tile else self.movq.decode(z))

@@ -62,6 +62,7 @@ class Settings:
     prior_guidance: float = 4.0
     num_images: int = 1
     sampler: str | None = None  # None: the decoder checkpoint's own; or ddpm, ddim, dpm++2m, dpm++2m-karras
+    tile: bool | None = None  # MoVQ decode in tiles; None: only for large pictures
 
     def check(self) -> None:
         for name in ("steps", "prior_steps", "num_images"):
@@ -210,7 +211,7 @@ class Kandinsky:
                 latents, finish = make(s, cpu_generator(s.seed), report)
                 t1 = time.perf_counter()
                 report("decode", 0, 1)
-                pixels = finish(self.decoder.decode(latents)[0])
+                pixels = finish(self.decoder.decode(latents, tile=s.tile)[0])
                 report("decode", 1, 1)
             timings = {"sample": t1 - t0, "decode": time.perf_counter() - t1}
             yield Result(Image.fromarray(pixels), s.seed, s, size, timings)
