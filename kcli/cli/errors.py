@@ -32,7 +32,12 @@ def user_errors():
         raise fail(str(e)) from None
     except KeyboardInterrupt:
         raise fail("interrupted: finished images were kept", EXIT_INTERRUPTED) from None
+    except MemoryError:
+        raise fail("out of memory (RAM): try a smaller size, --dtype bf16, or fewer images") from None
     except Exception as e:  # a bug: still one line, with a way to see the traceback
+        if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+            raise fail("out of GPU memory: try a lower --memory level (balanced, low or min), a smaller size, "
+                       "or fewer images; finished images were kept") from None
         if os.environ.get("KANDINSKY_DEBUG"):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""

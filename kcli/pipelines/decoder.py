@@ -67,6 +67,9 @@ class DecoderStage:
         if unet.config.version == "2.1":
             text = MCLIPText.load(folder, dtype=dtype, device=where)
             text.exec_device = placement.device
+        # convolutions run fastest channels-last on CPU (bf16 2x) and on tensor cores
+        unet.to(memory_format=torch.channels_last)
+        movq.to(memory_format=torch.channels_last)
         for model in (unet, movq, text.model if text else None):
             placement.adopt(model)
         return cls(unet, movq, scheduler, text, placement)

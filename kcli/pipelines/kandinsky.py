@@ -214,6 +214,9 @@ class Kandinsky:
                 pixels = finish(self.decoder.decode(latents, tile=s.tile)[0])
                 report("decode", 1, 1)
             timings = {"sample": t1 - t0, "decode": time.perf_counter() - t1}
+            del latents
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # give the next image (or the next program) the memory back
             yield Result(Image.fromarray(pixels), s.seed, s, size, timings)
 
 
