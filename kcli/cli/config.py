@@ -1,0 +1,89 @@
+"""Presets and the user's config file: settings by name, with one precedence everywhere.
+
+    built-in defaults  <  user config  <  --preset  <  flags given on the command line
+
+Both are TOML files of ``key = value`` lines whose keys are the long flag names with underscores
+(``prior_steps = 10``). The user config may also name a default ``preset``. An unknown key is an error
+naming the key and the file, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from kcli.loading.errors import KandinskyError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"  # beside the package (installed as data too)
+SETTING_TYPES = {
+    "negative": str, "width": int, "height": int, "steps": int, "prior_steps": int, "guidance": float,
+    "prior_guidance": float, "num_images": int, "sampler": str, "model": str, "prior": str, "decoder": str,
+    "device": str, "dtype": str, "offload": str, "memory": str, "tile": bool, "compile": bool, "offline": bool,
+    "output": str, "overwrite": bool, "quiet": bool,
+}
+CONFIG_ONLY = {"preset": str, "cache_dir": str}
+
+
+def config_path() -> Path:
+    env = os.environ.get("KANDINSKY_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("kandinsky", appauthor=False)) / "config.toml"
+
+
+def presets_dir() -> Path:
+    if PRESETS_DIR.is_dir():
+        return PRESETS_DIR
+    return Path(sys.prefix) / "share" / "kandinsky" / "presets"  # a non-editable install puts them here
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.toml"))
+
+
+def _read(path: Path, allowed: dict) -> dict:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise KandinskyError(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise KandinskyError(f"{path} is not valid TOML: {e}") from None
+    for key, value in data.items():
+        if key not in allowed:
+            raise KandinskyError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(allowed))})")
+        want = allowed[key]
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            ok, data[key] = True, float(value)
+        if not ok:
+            raise KandinskyError(f"{path}: {key} must be {want.__name__}, got {value!r}")
+    return data
+
+
+def load_config() -> dict:
+    path = config_path()
+    return _read(path, {**SETTING_TYPES, **CONFIG_ONLY}) if path.is_file() else {}
+
+
+def load_preset(name: str) -> dict:
+    path = presets_dir() / f"{name}.toml"
+    if not path.is_file():
+        raise KandinskyError(f"unknown preset {name!r} (known: {', '.join(preset_names()) or 'none'})")
+    return _read(path, SETTING_TYPES)
+
+
+def layered(preset: str | None) -> tuple[dict, str | None]:
+    """Settings from the user config and the preset (the flag's, else the config's), preset winning."""
+    config = load_config()
+    name = preset or config.pop("preset", None)
+    config.pop("preset", None)
+    config.pop("cache_dir", None)
+    return {**config, **(load_preset(name) if name else {})}, name
