@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"  # beside the package (installed as data too)
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"  # in a checkout; a wheel has kcli/presets
 SETTING_TYPES = {
     "negative": str, "width": int, "height": int, "steps": int, "prior_steps": int, "guidance": float,
     "prior_guidance": float, "num_images": int, "sampler": str, "model": str, "prior": str, "decoder": str,
@@ -42,7 +42,9 @@ def config_path() -> Path:
 def presets_dir() -> Path:
     if PRESETS_DIR.is_dir():
         return PRESETS_DIR
-    return Path(sys.prefix) / "share" / "kandinsky" / "presets"  # a non-editable install puts them here
+    from importlib.resources import files
+
+    return Path(str(files("kcli.presets") / "default.toml")).parent  # a data-only package: go via a file
 
 
 def preset_names() -> list[str]:

@@ -29,6 +29,7 @@ class GenOptions:
     guidance: float = 4.0
     prior_guidance: float = 4.0
     num_images: int = 1
+    model: Optional[str] = None
     prior: Optional[str] = None
     decoder: Optional[str] = None
     offline: bool = False
@@ -53,11 +54,14 @@ FLAGS = {
     "prior_guidance": typer.Option("--prior-guidance", help="Prior classifier-free guidance (1 = off).",
                                    rich_help_panel=SAMPLING),
     "num_images": typer.Option("--num-images", "-n", min=1, help="How many images.", rich_help_panel=SAMPLING),
+    "model": typer.Option("--model", help="Model by name: 2.2 (default) or 2.1; see `kandinsky models list`. "
+                          "--prior/--decoder replace its parts.", rich_help_panel=MODEL),
     "prior": typer.Option("--prior", help="Prior checkpoint: a folder (diffusers layout) or a hub id.",
                           rich_help_panel=MODEL),
     "decoder": typer.Option("--decoder", help="Decoder checkpoint: a folder (diffusers layout) or a hub id.",
                             rich_help_panel=MODEL),
-    "offline": typer.Option("--offline", help="Never contact the network.", rich_help_panel=MODEL),
+    "offline": typer.Option("--offline", help="Never contact the network: use only the cache (as HF_HUB_OFFLINE=1).",
+                            rich_help_panel=MODEL),
     "device": typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=DEVICE),
     "dtype": typer.Option("--dtype", help="fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU).",
                           rich_help_panel=DEVICE),
@@ -68,8 +72,8 @@ FLAGS = {
 }
 TYPES = {"negative": Optional[str], "seed": Optional[int], "width": Optional[int], "height": Optional[int],
          "steps": int, "prior_steps": int, "guidance": float, "prior_guidance": float, "num_images": int,
-         "prior": Optional[str], "decoder": Optional[str], "offline": bool, "device": str, "dtype": Optional[str],
-         "output": Optional[Path], "overwrite": bool, "quiet": bool}
+         "model": Optional[str], "prior": Optional[str], "decoder": Optional[str], "offline": bool, "device": str,
+         "dtype": Optional[str], "output": Optional[Path], "overwrite": bool, "quiet": bool}
 
 
 def generation_options(command):

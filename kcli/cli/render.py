@@ -8,16 +8,22 @@ one plain line when it ends.
 from __future__ import annotations
 
 import functools
+import time
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
+from rich.table import Table
+
+from kcli.loading.download import human_size
 
 STAGES = {"load": "loading models", "prior": "prior", "decoder": "decoder", "decode": "MoVQ decode"}
 
@@ -25,6 +31,12 @@ STAGES = {"load": "loading models", "prior": "prior", "decoder": "decoder", "dec
 @functools.cache
 def err_console() -> Console:
     return Console(stderr=True)
+
+
+@functools.cache
+def out_console() -> Console:
+    """Standard output: what a command produces (tables, paths), for people and scripts alike."""
+    return Console(soft_wrap=True)
 
 
 def note(message: str) -> None:
@@ -80,3 +92,75 @@ class ProgressView:
         speed = next(t.speed for t in self._progress.tasks if t.id == task)
         if speed:
             self._progress.update(task, rate=f"{speed:.2f} it/s" if speed >= 1 else f"{1 / speed:.2f} s/it")
+
+
+def table(columns: list[str], rows: list[list[str]], title: str | None = None) -> None:
+    """A borderless table on stdout (no colours when stdout is not a terminal)."""
+    t = Table(*columns, title=title, box=None, pad_edge=False, header_style="bold", title_justify="left")
+    for row in rows:
+        t.add_row(*row)
+    out_console().print(t, highlight=False)
+
+
+class DownloadView:
+    """Receives a download's callbacks (``kcli.loading.download.Progress``) and draws them: the total before
+    the first byte, then one bar per file with its size, speed and ETA. Off a terminal each file prints
+    one line when it is done; ``quiet`` prints nothing."""
+
+    def __init__(self, quiet: bool = False, verb: str = "downloading", lines: bool = True):
+        self.console = err_console()
+        self.quiet = quiet
+        self.verb = verb
+        self.lines = lines  # off a terminal, one line per finished file
+        self.live = self.console.is_terminal and not quiet
+        self._progress: Progress | None = None
+        self._tasks: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}
+        self._drawn: dict[str, float] = {}
+
+    def __enter__(self) -> DownloadView:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def _bars(self) -> Progress:
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("{task.description}", style="cyan"), BarColumn(), DownloadColumn(binary_units=False),
+                TransferSpeedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
+            )
+            self._progress.start()
+        return self._progress
+
+    def planned(self, what: str, files: int, todo: int, cached: int, folder) -> None:
+        if self.quiet:
+            return
+        already = f", {human_size(cached)} already in the cache" if cached else ""
+        self.console.print(f"{self.verb} {what}: {human_size(todo)} ({files} files{already}) into {folder}",
+                           highlight=False, soft_wrap=True)
+
+    def started(self, name: str, size: int, done: int) -> None:
+        self._sizes[name] = size
+        if self.live:
+            self._tasks[name] = self._bars().add_task(_short(name), total=size, completed=done)
+
+    def advanced(self, name: str, done: int) -> None:
+        now = time.monotonic()
+        if self.live and name in self._tasks and now - self._drawn.get(name, 0.0) >= 0.05:  # called per packet
+            self._drawn[name] = now
+            self._bars().update(self._tasks[name], completed=done)
+
+    def finished(self, name: str) -> None:
+        if self.quiet:
+            return
+        if self.live and name in self._tasks:
+            self._bars().update(self._tasks[name], completed=self._sizes[name])
+        elif not self.live and self.lines:
+            self.console.print(f"{name}: {human_size(self._sizes.get(name, 0))}", highlight=False, soft_wrap=True)
+
+
+def _short(name: str, width: int = 48) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1):]

@@ -13,6 +13,7 @@ import typer
 
 from kcli.cli import output as out
 from kcli.cli import render
+from kcli.cli.errors import EXIT_INTERRUPTED, fail
 from kcli.cli.options import GenOptions
 
 DEFAULT_SIZE = (512, 512)
@@ -31,13 +32,18 @@ def settings_for(opts: GenOptions, prompt: str, size: tuple[int, int] = DEFAULT_
 
 
 def load_options(opts: GenOptions, inpainting: bool = False):
-    """The checkpoint folders (fetched if they are hub ids), device and dtype."""
-    from kcli.loading.hub import DEFAULT_DECODER, DEFAULT_INPAINT_DECODER, DEFAULT_PRIOR, resolve
+    """The checkpoint folders (fetched into the cache if they come from the hub, with a bar per file),
+    device and dtype."""
+    from kcli.loading.hub import resolve_checkpoints
     from kcli.pipelines.kandinsky import LoadOptions
 
-    decoder = opts.decoder or (DEFAULT_INPAINT_DECODER if inpainting else DEFAULT_DECODER)
-    return LoadOptions(resolve(opts.prior or DEFAULT_PRIOR, offline=opts.offline),
-                       resolve(decoder, offline=opts.offline), device=opts.device, dtype=opts.dtype)
+    try:
+        with render.DownloadView(opts.quiet) as progress:
+            prior, decoder = resolve_checkpoints(opts.model, opts.prior, opts.decoder, inpainting=inpainting,
+                                                 offline=opts.offline, progress=progress)
+    except KeyboardInterrupt:
+        raise fail("interrupted: the partial download is kept and resumes next time", EXIT_INTERRUPTED) from None
+    return LoadOptions(prior, decoder, device=opts.device, dtype=opts.dtype)
 
 
 def generate_and_save(opts: GenOptions, settings, name: str, mode: Callable[..., Iterator],

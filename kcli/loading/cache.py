@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported only where tensors are read or written: `kandinsky models` stays fast
+    import torch
 
 
 def home() -> Path:
@@ -27,7 +29,7 @@ def fingerprint(*paths: Path, extra: str = "") -> str:
     return h.hexdigest()[:24]
 
 
-def load_tensor(kind: str, key: str) -> torch.Tensor | None:
+def load_tensor(kind: str, key: str) -> "torch.Tensor | None":
     path = home() / kind / f"{key}.safetensors"
     if not path.is_file():
         return None
@@ -39,7 +41,7 @@ def load_tensor(kind: str, key: str) -> torch.Tensor | None:
         return None
 
 
-def save_tensor(kind: str, key: str, tensor: torch.Tensor) -> None:
+def save_tensor(kind: str, key: str, tensor: "torch.Tensor") -> None:
     """Best effort and atomic: a read-only or full cache only costs a recomputation next time."""
     from safetensors.torch import save_file
 

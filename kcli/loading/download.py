@@ -45,6 +45,10 @@ class NotCached(CheckpointError):
     """Offline, and the cache lacks something."""
 
 
+class HubUnreachable(CheckpointError):
+    """No answer from the hub (network down, wrong HF_ENDPOINT, proxy)."""
+
+
 class Progress:
     """What a fetch reports; the command line draws it. Each method is a no-op here."""
 
@@ -211,8 +215,8 @@ def _hub_error(e: Exception, repo: RepoSpec, path: str | None = None) -> Kandins
     if isinstance(e, HfHubHTTPError):
         status = e.response.status_code if e.response is not None else "?"
         return CheckpointError(f"the hub answered {status} for {repo.id}: {_first_line(e)}")
-    return CheckpointError(f"cannot reach the hub at {endpoint()} ({_first_line(e)}): check the network, "
-                           "or add --offline to use only what is in the cache")
+    return HubUnreachable(f"cannot reach the hub at {endpoint()} ({_first_line(e)}): check the network, "
+                          "or add --offline to use only what is in the cache")
 
 
 def _first_line(e: BaseException) -> str:
@@ -308,8 +312,11 @@ def plan(repo: RepoSpec) -> Plan:
 
     try:
         commit, listed = _listing(repo)
-    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, OSError, ValueError, KeyError) as e:
+    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, OSError) as e:
         raise _hub_error(e, repo) from None
+    except (ValueError, KeyError, TypeError) as e:  # not JSON, or not the hub's JSON
+        raise CheckpointError(f"the hub at {endpoint()} sent an unreadable listing of {repo.id} "
+                              f"({_first_line(e)}): is HF_ENDPOINT a hub?") from None
     if repo.files is None:
         files = choose_files(listed)
         if not files:
@@ -394,7 +401,7 @@ def _download(p: Plan, f: Remote, progress: Progress) -> None:
                     done, h = 0, _hasher(f)
                     part.unlink(missing_ok=True)
                 with open(part, "ab") as out:
-                    for chunk in r.iter_bytes(CHUNK):
+                    for chunk in r.iter_bytes():  # as the bytes arrive: a cut loses none of them
                         out.write(chunk)
                         h.update(chunk)
                         done += len(chunk)
@@ -410,15 +417,15 @@ def _download(p: Plan, f: Remote, progress: Progress) -> None:
             idle = 0 if got else idle + 1
             if idle >= RETRIES:
                 raise DownloadInterrupted(
-                    f"the download of {p.repo.id}/{f.path} was interrupted at {_size(done)} of {_size(f.size)} "
+                    f"the download of {p.repo.id}/{f.path} was interrupted at {human_size(done)} of {human_size(f.size)} "
                     f"({_first_line(e)}): run the command again to resume it") from None
             time.sleep(0.2 * idle)
             continue
         if not got and done < f.size:
             idle += 1
             if idle >= RETRIES:
-                raise DownloadInterrupted(f"the hub sent nothing for {p.repo.id}/{f.path} at {_size(done)} of "
-                                          f"{_size(f.size)}: run the command again to resume it")
+                raise DownloadInterrupted(f"the hub sent nothing for {p.repo.id}/{f.path} at {human_size(done)} of "
+                                          f"{human_size(f.size)}: run the command again to resume it")
     if done != f.size or h.hexdigest() != f.etag:
         part.unlink(missing_ok=True)
         raise CheckpointError(f"the download of {p.repo.id}/{f.path} does not match the hub's checksum "
@@ -475,7 +482,7 @@ def execute(plans: list[Plan], what: str, progress: Progress | None = None) -> N
         free = _free_space(cache_dir())
         if need - partial > free:
             raise CheckpointError(f"not enough disk space in {cache_dir()}: the download needs "
-                                  f"{_size(need - partial)} and {_size(free)} is free")
+                                  f"{human_size(need - partial)} and {human_size(free)} is free")
     for p in plans:
         (p.folder / "blobs").mkdir(parents=True, exist_ok=True)
         for f in p.files:
@@ -502,11 +509,11 @@ def _partial_size(p: Plan, f: Remote) -> int:
 
 
 def fetch(repos: list[RepoSpec], *, what: str, offline: bool = False, progress: Progress | None = None,
-          missing_hint: str | None = None) -> list[Path]:
+          hint=None) -> list[Path]:
     """The snapshot folder of each repository, downloading what the cache lacks (unless offline).
 
-    ``what`` names the download for the user ("model 2.2", a repository id); ``missing_hint`` is the whole
-    message offline when something is missing. A pinned, complete snapshot never touches the network; a
+    ``what`` names the download for the user ("model 2.2", a repository id); ``hint(repo)`` is the whole
+    message when, offline, something of ``repo`` is missing. A pinned, complete snapshot never touches the network; a
     repository that follows a branch is refreshed when the hub is reachable and used from the cache when
     it is not.
     """
@@ -514,11 +521,12 @@ def fetch(repos: list[RepoSpec], *, what: str, offline: bool = False, progress: 
     states = [inspect(repo) for repo in repos]
     if offline:
         for state in states:
+            message = hint(state.repo) if hint else f"{state.repo.id} is not in the cache"
             if state.damaged:
-                raise CheckpointError(f"the cached file {state.damaged[0]} of {state.repo.id} is damaged (wrong "
-                                      f"size): {missing_hint or 'fetch it again without --offline'}")
+                raise CheckpointError(f"the cached file {state.damaged[0]} of {state.repo.id} is damaged (its size "
+                                      f"is wrong): {message.split(': ', 1)[-1]}")
             if not state.complete:
-                raise NotCached(missing_hint or f"{what} is not in the cache")
+                raise NotCached(message)
         return [s.snapshot for s in states]
     plans: dict[int, Plan] = {}
     for i, state in enumerate(states):
@@ -526,8 +534,8 @@ def fetch(repos: list[RepoSpec], *, what: str, offline: bool = False, progress: 
             continue
         try:
             plans[i] = plan(state.repo)
-        except CheckpointError as e:
-            if state.complete and str(e).startswith("cannot reach the hub"):
+        except HubUnreachable:
+            if state.complete:
                 continue  # a branch we cannot refresh: the cached snapshot will do
             raise
     execute(list(plans.values()), what, progress)
@@ -568,18 +576,21 @@ def verify(repo: RepoSpec, progress: Progress | None = None, *, repair: bool = T
         progress.started(name, remote.size, 0)
         try:
             size = pointer.stat().st_size
-            digest = file_digest(pointer, remote, lambda done: progress.advanced(name, done))
+            digest = file_digest(pointer, remote, lambda done, name=name: progress.advanced(name, done)) \
+                if size == remote.size else ""
+            reason = ""
         except OSError as e:
-            digest, size = "", -1
-            reason = _first_line(e)
+            size, digest, reason = -1, "", _first_line(e)
         progress.finished(name)
-        if size != remote.size:
-            reason = f"{size} bytes, expected {remote.size}" if size >= 0 else reason
+        if reason:
+            pass  # unreadable
+        elif size != remote.size:
+            reason = f"{size} bytes, expected {remote.size}"
         elif digest != remote.etag:
             reason = f"{'sha256' if remote.lfs else 'git sha1'} {digest}, expected {remote.etag}"
         elif spec is not None and spec.sha256 is not None and digest != spec.sha256:
             reason = f"sha256 {digest}, the registry records {spec.sha256}"
-        else:
+        if not reason:
             checks.append(Check(repo, path, True))
             continue
         checks.append(Check(repo, path, False, reason))
@@ -588,10 +599,6 @@ def verify(repo: RepoSpec, progress: Progress | None = None, *, repair: bool = T
                 if p.is_symlink() or p.exists():
                     p.unlink()
     return checks
-
-
-def _size(n: int) -> str:
-    return human_size(n)
 
 
 def human_size(n: float) -> str:

@@ -1,43 +1,105 @@
-"""Turn ``--prior`` / ``--decoder`` values into checkpoint folders: a local folder, or a hub repository id.
+"""Turn what the user named into checkpoint folders: a model of the registry (``--model 2.2``), a local
+folder, or a hub repository id (``--prior`` / ``--decoder``).
 
-Hub repositories are fetched with ``huggingface_hub`` into its cache (resumable, file-locked, honouring
-``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE``); only configs, tokenizer files and safetensors
-weights are fetched, never pickles.
+Hub repositories are fetched by ``kcli.loading.download`` into kandinsky's cache. A repository that the
+registry knows (``kandinsky-community/kandinsky-2-2-prior``) is fetched at the registry's pinned commit with
+its listed files, however it was named; any other id gets configs, tokenizer files and safetensors weights
+from its main branch, never pickles.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from kcli.loading.errors import CheckpointError
+from kcli.loading.errors import CheckpointError, KandinskyError
+from kcli.loading.registry import ModelSpec, RepoSpec, is_repo_id, load_registry
 
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
 DEFAULT_DECODER = "kandinsky-community/kandinsky-2-2-decoder"
 DEFAULT_INPAINT_DECODER = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
-FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def resolve(spec: str | Path, *, offline: bool = False) -> Path:
+def pull_hint(name: str) -> str:
+    return f"run `kandinsky models pull {name}`"
+
+
+def not_cached_message(name: str) -> str:
+    """What ``--offline`` says when something is missing, word for word."""
+    kind = "model" if name in load_registry().models else "repository"
+    return f"{kind} {name} is not in the cache: {pull_hint(name)}"
+
+
+def repo_spec(repo_id: str) -> RepoSpec:
+    """The registry's entry for a repository it knows, else a spec that follows the main branch."""
+    for model in load_registry().models.values():
+        for repo in model.repos():
+            if repo.id == repo_id:
+                return repo
+    return RepoSpec(repo_id)
+
+
+def owner(repo: RepoSpec) -> str:
+    """The name to pull for this repository: its registry model, or the id itself."""
+    for model in load_registry().models.values():
+        if repo in model.repos():
+            return model.name
+    return repo.id
+
+
+def target(name: str) -> tuple[str, ModelSpec | None, list[RepoSpec]]:
+    """``models`` commands accept a registry name or a hub id: (label, the model if any, repositories)."""
+    registry = load_registry()
+    if name in registry.models:
+        model = registry.get(name)
+        return f"model {name}", model, list(model.repos())
+    if is_repo_id(name):
+        return name, None, [repo_spec(name)]
+    raise KandinskyError(f"unknown model {name!r}: known models are {', '.join(registry.models)} "
+                         "(or give a hub id like org/name)")
+
+
+def _local(spec: str | Path) -> Path | None:
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path} is not a folder: point to a checkpoint folder in the diffusers layout")
         return path
     text = str(spec)
-    if not REPO_ID.match(text) or text.startswith((".", "/", "~")):
+    if not is_repo_id(text):
         raise CheckpointError(f"{text} does not exist (expected a checkpoint folder or a hub id like org/name)")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    return None
 
-    try:
-        return Path(snapshot_download(text, allow_patterns=FILES, local_files_only=offline))
-    except RepositoryNotFoundError:
-        raise CheckpointError(f"repository {text} was not found on the hub") from None
-    except LocalEntryNotFoundError:
-        raise CheckpointError(
-            f"{text} is not in the cache and the hub cannot be reached (offline, or no network)"
-        ) from None
-    except (HfHubHTTPError, OSError) as e:
-        raise CheckpointError(f"cannot fetch {text}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+def resolve(spec: str | Path, *, offline: bool = False, progress=None) -> Path:
+    """One ``--prior`` / ``--decoder`` value: a local folder as is, a hub id fetched into the cache."""
+    return resolve_many([spec], offline=offline, progress=progress)[0]
+
+
+def resolve_many(specs: list[str | Path], *, offline: bool = False, progress=None) -> list[Path]:
+    """Several values at once, so that one download is announced, with its total size, before it starts."""
+    from kcli.loading import download
+
+    out: list[Path | None] = [_local(s) for s in specs]
+    hub = [(i, repo_spec(str(s))) for i, s in enumerate(specs) if out[i] is None]
+    if hub:
+        names = list(dict.fromkeys(owner(repo) for _, repo in hub))
+        registry = load_registry()
+        what = ", ".join(f"model {n}" if n in registry.models else n for n in names)
+        paths = download.fetch([repo for _, repo in hub], what=what, offline=offline, progress=progress,
+                               hint=lambda repo: not_cached_message(owner(repo)))
+        for (i, _), path in zip(hub, paths):
+            out[i] = path
+    return out  # type: ignore[return-value]
+
+
+def resolve_checkpoints(model: str | None = None, prior: str | None = None, decoder: str | None = None, *,
+                        inpainting: bool = False, offline: bool = False, progress=None) -> tuple[Path, Path]:
+    """The prior and decoder folders for a run. ``--model`` (default: the registry's default, 2.2) supplies
+    whichever of ``--prior`` / ``--decoder`` is not given; ``inpainting`` picks the inpainting decoder."""
+    if model is not None or prior is None or decoder is None:  # two local folders need no registry
+        registry = load_registry()
+        spec = registry.get(model or registry.default)
+        prior = prior or spec.prior.id
+        decoder = decoder or (spec.inpaint.id if inpainting else spec.decoder.id)
+    prior_dir, decoder_dir = resolve_many([prior, decoder], offline=offline, progress=progress)
+    return prior_dir, decoder_dir
