@@ -2,7 +2,8 @@
 
     built-in defaults  <  user config  <  --preset  <  flags given on the command line
 
-Both are TOML files of ``key = value`` lines whose keys are the long flag names with underscores
+Presets live in ``presets/`` (built in) and in a ``presets/`` folder beside the user config (the user's
+own, found first). Both are TOML files of ``key = value`` lines whose keys are the long flag names with underscores
 (``prior_steps = 10``). The user config may also name a default ``preset``. An unknown key is an error
 naming the key and the file, so a typo never passes silently.
 """
@@ -47,8 +48,13 @@ def presets_dir() -> Path:
     return Path(str(files("kcli.presets") / "default.toml")).parent  # a data-only package: go via a file
 
 
+def _preset_dirs() -> list[Path]:
+    """The user's presets (a ``presets/`` folder beside the config file) first, then the built-in ones."""
+    return [config_path().parent / "presets", presets_dir()]
+
+
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in presets_dir().glob("*.toml"))
+    return sorted({p.stem for d in _preset_dirs() for p in d.glob("*.toml")})
 
 
 def _read(path: Path, allowed: dict) -> dict:
@@ -76,10 +82,10 @@ def load_config() -> dict:
 
 
 def load_preset(name: str) -> dict:
-    path = presets_dir() / f"{name}.toml"
-    if not path.is_file():
-        raise KandinskyError(f"unknown preset {name!r} (known: {', '.join(preset_names()) or 'none'})")
-    return _read(path, SETTING_TYPES)
+    for folder in _preset_dirs():
+        if (folder / f"{name}.toml").is_file():
+            return _read(folder / f"{name}.toml", SETTING_TYPES)
+    raise KandinskyError(f"unknown preset {name!r} (known: {', '.join(preset_names()) or 'none'})")
 
 
 def layered(preset: str | None) -> tuple[dict, str | None]:

@@ -9,7 +9,7 @@ import typer
 
 from kcli.cli import app
 from kcli.cli.errors import user_errors
-from kcli.cli.options import SAMPLING, GenOptions, generation_options
+from kcli.cli.options import SAMPLING, GenOptions, generation_options, resolve
 from kcli.cli.output import IMAGE_SUFFIXES, slug
 from kcli.loading.errors import KandinskyError
 
@@ -46,17 +46,19 @@ def parse_weights(spec: str | None, count: int) -> list[float]:
     return [w / total for w in weights]
 
 
-def _mix(items: list[tuple[str, str]], weights: list[float], opts: GenOptions, name: str) -> None:
+def _mix(items: list[tuple[str, str]], weights: list[float], opts: GenOptions, name: str, mode: str) -> None:
     from kcli.cli import render
-    from kcli.cli.run import generate_and_save, settings_for
+    from kcli.cli.run import run
     from kcli.pipelines.images import load_image
 
+    if opts.prompts_file:
+        raise KandinskyError(f"{mode} takes its items as arguments, not from --prompts-file")
+    opts = resolve(opts)
     loaded = [value if kind == "text" else load_image(value) for kind, value in items]
     if not opts.quiet:
         render.info("weights: " + ", ".join(f"{kind} {value!r} {w:.3f}" for (kind, value), w in zip(items, weights)))
-    texts = " + ".join(value for kind, value in items if kind == "text")
-    settings = settings_for(opts, texts)
-    generate_and_save(opts, settings, name, lambda k, s, p: k.fuse(loaded, weights, s, on_progress=p))
+    inputs = {"items": [f"{k}:{Path(v).resolve() if k == 'image' else v}" for k, v in items], "weights": weights}
+    run(opts, mode=mode, prompt=name, make=lambda k, s, p: k.fuse(loaded, weights, s, on_progress=p), inputs=inputs)
 
 
 @app.command()
@@ -77,7 +79,7 @@ def fuse(
         parsed = [classify(i, "text" if text else "image" if image else None) for i in items]
         w = parse_weights(weights, len(parsed))
         name = "-".join(slug(v if k == "text" else Path(v).stem, 24) for k, v in parsed)
-        _mix(parsed, w, opts, name)
+        _mix(parsed, w, opts, name, "fuse")
 
 
 @app.command()
@@ -99,4 +101,4 @@ def vary(
                 raise KandinskyError(f"--prompt-weight must be in [0, 1], got {prompt_weight}")
             items.append(("text", prompt))
             weights = [1.0 - prompt_weight, prompt_weight]
-        _mix(items, weights, opts, f"{slug(image.stem, 32)}-variation")
+        _mix(items, weights, opts, f"{slug(image.stem, 32)}-variation", "vary")

@@ -1,15 +1,18 @@
 """Where images go: names that never leave the chosen folder, never overwrite by accident, and files
-that appear whole or not at all (written to a temporary name, then renamed)."""
+that appear whole or not at all (written to a temporary name, then renamed), metadata included."""
 
 from __future__ import annotations
 
 import os
 import re
+import string
+import time
 from pathlib import Path
 
 from kcli.loading.errors import KandinskyError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+FIELDS = {"date", "time", "slug", "seed", "index"}
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -18,35 +21,68 @@ def slug(text: str, limit: int = 48) -> str:
     return (s[:limit].rstrip("-_") or "image")
 
 
-def plan_outputs(output: Path | None, prompt: str, seeds: list[int], overwrite: bool) -> list[Path]:
+def folder_of(output: Path | None) -> Path:
+    if output is None:
+        return Path.cwd()
+    return output if output.is_dir() or not output.suffix else output.parent
+
+
+def render_name(template: str, prompt: str, seed: int, index: int) -> str:
+    """A file name from ``template``; it stays a plain name inside the chosen folder."""
+    used = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    if used - FIELDS:
+        raise KandinskyError(f"--name: unknown field {{{sorted(used - FIELDS)[0]}}} (use {', '.join(sorted(FIELDS))})")
+    now = time.localtime()
+    name = template.format(date=time.strftime("%Y%m%d", now), time=time.strftime("%H%M%S", now), slug=slug(prompt),
+                           seed=seed, index=index)
+    if not name or "/" in name or "\\" in name or name.startswith(".") or os.sep in name:
+        raise KandinskyError(f"--name {template!r} gives {name!r}: a name must stay inside the output folder")
+    return name if Path(name).suffix.lower() in IMAGE_SUFFIXES else name + ".png"
+
+
+def plan_outputs(output: Path | None, prompt: str, seeds: list[int], overwrite: bool,
+                 template: str = "{slug}-{seed}") -> list[Path]:
     """One path per image. ``output`` is a file (a name per seed when several) or a folder: an existing one,
     or any path without a file suffix (created when the first image is saved)."""
     if output is None or output.is_dir() or not output.suffix:
-        folder, names = output or Path.cwd(), [f"{slug(prompt)}-{s}.png" for s in seeds]
-    else:
-        suffix = output.suffix.lower()
-        if suffix not in IMAGE_SUFFIXES:
-            raise KandinskyError(f"{output}: unsupported image type {suffix} (use .png, .jpg or .webp)")
-        folder = output.parent
-        names = [output.name] if len(seeds) == 1 else [f"{output.stem}-{s}{output.suffix}" for s in seeds]
-    paths = [folder / n for n in names]
+        folder = folder_of(output)
+        return [folder / render_name(template, prompt, s, i) for i, s in enumerate(seeds)]
+    suffix = output.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise KandinskyError(f"{output}: unsupported image type {suffix} (use .png, .jpg or .webp)")
+    names = [output.name] if len(seeds) == 1 else [f"{output.stem}-{s}{output.suffix}" for s in seeds]
+    paths = [output.parent / n for n in names]
     if not overwrite:
         taken = [p for p in paths if p.exists()]
         if taken:
             raise KandinskyError(f"{taken[0]} already exists (use --overwrite to replace it)")
-    if len(set(paths)) != len(paths):
-        raise KandinskyError("several images would get the same file name")
     return paths
 
 
-def save_image(image, path: Path) -> None:
-    """Write atomically: a crash or Ctrl-C leaves either the old state or the whole new file."""
+def free_path(path: Path) -> Path:
+    """``path``, or ``name-2``, ``name-3`` ... if it is taken."""
+    n = 2
+    candidate = path
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+def save_image(image, path: Path, meta: dict | None = None, overwrite: bool = False) -> Path:
+    """Write atomically (a crash or Ctrl-C leaves no partial file), with ``meta`` embedded; returns the path."""
+    from kcli.cli import metadata
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite:
+        path = free_path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
-        image.save(tmp, format=fmt)
+        extra = metadata.save_kwargs(path, meta) if meta else {}
+        image.save(tmp, format=fmt, **extra)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+    return path

@@ -72,10 +72,27 @@ class ProgressView:
         if self._progress is not None:
             self._progress.stop()
 
+    job_prefix = ""
+
+    def job(self, index: int, count: int, prompt: str) -> None:
+        """Start a job of a batch: one bar for the batch, and the job's stages below it."""
+        if count == 1 or self.quiet:
+            return
+        self.job_prefix = f"job {index}/{count} "
+        if self._progress is None:
+            self.console.print(f"job {index}/{count}: {_short(prompt, 60)}", highlight=False)
+            return
+        if "batch" not in self._tasks:
+            self._tasks["batch"] = self._progress.add_task("batch", total=count, rate="")
+        self._progress.update(self._tasks["batch"], completed=index - 1)
+
     def image(self, index: int, count: int) -> None:
-        """Start the stages of a new image."""
-        self.prefix = f"[{index}/{count}] " if count > 1 else ""
-        self._tasks = {k: v for k, v in self._tasks.items() if k == "load"}
+        """Start the stages of a new image (the previous image's bars make room)."""
+        self.prefix = self.job_prefix + (f"[{index}/{count}] " if count > 1 else "")
+        for stage in [k for k in self._tasks if k not in ("load", "batch")]:
+            if self._progress is not None:
+                self._progress.remove_task(self._tasks[stage])
+            del self._tasks[stage]
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if self.quiet:
@@ -164,3 +181,50 @@ class DownloadView:
 
 def _short(name: str, width: int = 48) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def error(message: str) -> None:
+    """A job's failure inside a batch (the batch goes on)."""
+    err_console().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def summary(outcomes) -> None:
+    """The end of a batch: one row per job."""
+    t = Table("line", "prompt", "status", "output", "s", title="batch", box=None, pad_edge=False,
+              header_style="bold", title_justify="left")
+    colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
+    for o in outcomes:
+        where = ", ".join(p.name for p in o.paths) if o.paths else (o.error or "")
+        t.add_row(str(o.job.line), _short(o.job.prompt or "", 40), f"[{colour[o.status]}]{o.status}[/]",
+                  _short(where, 60), f"{o.seconds:.1f}")
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
+    err_console().print(t)
+    err_console().print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)
+
+
+def key_values(title: str, rows: list[tuple[str, str]]) -> None:
+    t = Table(show_header=False, title=title, box=None, pad_edge=False, title_justify="left")
+    for k, v in rows:
+        t.add_row(f"[bold]{k}[/]", str(v))
+    out_console().print(t)
+
+
+def metadata_table(path, meta: dict) -> None:
+    s = meta.get("settings", {})
+    rows = [("prompt", s.get("prompt", "")), ("negative", s.get("negative") or "-"), ("mode", meta.get("mode")),
+            ("seed", s.get("seed")), ("size", f"{s.get('width')}x{s.get('height')}"),
+            ("decoder", f"{s.get('steps')} steps, guidance {s.get('guidance')}, sampler {meta.get('sampler')}"),
+            ("prior", f"{s.get('prior_steps')} steps, guidance {s.get('prior_guidance')}"),
+            ("model", f"{meta.get('model')} ({meta.get('checkpoints', {}).get('version', '?')})"),
+            ("device", f"{meta.get('device')} {meta.get('dtype')}, offload {meta.get('offload')}")]
+    rows += [(k, v) for k, v in meta.get("inputs", {}).items()]
+    if meta.get("timings"):
+        rows.append(("timings", ", ".join(f"{k} {v:.1f}s" for k, v in meta["timings"].items())))
+    rows.append(("made by", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())))
+    key_values(str(path), rows)
+
+
+def settings_table(path: str, settings: dict, presets: list[str]) -> None:
+    rows = [(k, repr(v)) for k, v in sorted(settings.items())] or [("(empty)", "built-in defaults apply")]
+    rows.append(("presets", ", ".join(presets)))
+    key_values(path, rows)
