@@ -1,8 +1,5 @@
 """Presets, the user config, prompts files and image metadata: parsing, precedence, errors."""
 
-import json
-from pathlib import Path
-
 import pytest
 from PIL import Image
 

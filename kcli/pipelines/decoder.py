@@ -17,8 +17,8 @@ from kcli.loading.weights import read_json
 from kcli.models.mclip import MCLIPText
 from kcli.models.movq import MoVQ, load_movq
 from kcli.models.unet import UNet, load_unet
-from kcli.pipelines.images import keep_latent_mask, to_uint8
 from kcli.pipelines import tiling
+from kcli.pipelines.images import keep_latent_mask, to_uint8
 from kcli.pipelines.offload import Placement
 from kcli.samplers import decoder_sampler
 from kcli.samplers.denoise import denoise

@@ -45,6 +45,7 @@ class LoadOptions:
     device: str = "auto"
     dtype: str | None = None  # fp32 | fp16 | bf16; None: fp16 on CUDA, fp32 on CPU
     offload: str = "none"  # none | model | sequential (see pipelines/offload.py)
+    compile: bool = False  # torch.compile the UNet
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,10 @@ class Kandinsky:
         prior = PriorStage.load(Path(opts.prior), dtype=dtype, placement=placement)
         report("load", 1, 2)
         decoder = DecoderStage.load(Path(opts.decoder), dtype=dtype, placement=placement)
+        if opts.compile:
+            if opts.offload == "sequential":
+                raise KandinskyError("--compile does not combine with sequential offload")
+            decoder.unet = torch.compile(decoder.unet)
         report("load", 2, 2)
         return cls(prior, decoder, device, dtype)
 
