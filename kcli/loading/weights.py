@@ -61,8 +61,10 @@ def find_weights(folder: Path) -> Path:
     raise CheckpointError(f"{folder} has no weights file (looked for {', '.join(WEIGHT_FILES[:2])})")
 
 
-def read_tensors(path: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> dict:
-    """All tensors of a weights file, floating ones cast to ``dtype`` (None keeps the stored dtype)."""
+def read_tensors(path: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                 channels_last: bool = False) -> dict:
+    """All tensors of a weights file, floating ones cast to ``dtype`` (None keeps the stored dtype), and with
+    ``channels_last`` the 4-D ones (convolution kernels) laid out channels-last, in the same single copy."""
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
@@ -78,9 +80,16 @@ def read_tensors(path: Path, dtype: torch.dtype | None = None, device: str | tor
         raise
     except Exception as e:  # safetensors and torch raise several unrelated types for a damaged file
         raise CheckpointError(f"{path} is corrupt or truncated ({e.__class__.__name__}: {e})") from None
-    if dtype is not None:
-        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    if dtype is not None or channels_last:
+        tensors = {k: _convert(v, dtype, channels_last) for k, v in tensors.items()}
     return tensors
+
+
+def _convert(t: torch.Tensor, dtype: torch.dtype | None, channels_last: bool) -> torch.Tensor:
+    if not t.is_floating_point():
+        return t
+    fmt = torch.channels_last if channels_last and t.dim() == 4 else torch.preserve_format
+    return t.to(dtype=dtype or t.dtype, memory_format=fmt)
 
 
 def rename_keys(tensors: dict, rules: Rules) -> dict:
@@ -131,6 +140,7 @@ def load_module(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     rules: Rules = (),
+    channels_last: bool = False,
 ) -> M:
     """Build a module from ``folder/config.json`` on the meta device and fill it from the folder's weights."""
     folder = Path(folder)
@@ -140,4 +150,4 @@ def load_module(
     weights = find_weights(folder)
     with torch.device("meta"):
         module = build(config)
-    return assign_weights(module, read_tensors(weights, dtype, device), source=weights, rules=rules)
+    return assign_weights(module, read_tensors(weights, dtype, device, channels_last), source=weights, rules=rules)

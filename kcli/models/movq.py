@@ -329,9 +329,11 @@ class MoVQ(nn.Module):
 
 
 def load_movq(
-    folder: Path | str, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+    folder: Path | str, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+    channels_last: bool = False,
 ) -> MoVQ:
     """Load a diffusers-layout ``movq/`` folder (config.json + weights)."""
     return load_module(
-        Path(folder), lambda cfg: MoVQ(MoVQConfig.from_dict(cfg)), dtype=dtype, device=device, rules=keys.MOVQ
+        Path(folder), lambda cfg: MoVQ(MoVQConfig.from_dict(cfg)), dtype=dtype, device=device, rules=keys.MOVQ,
+        channels_last=channels_last,
     )

@@ -331,5 +331,7 @@ class ContextProjection(nn.Module):
         return torch.cat([img, self.text_proj(text_hidden)], dim=1)  # (B, tokens + 77, ctx)
 
 
-def load_unet(folder, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> UNet:
-    return load_module(folder, lambda d: UNet(UNetConfig.from_dict(d)), dtype=dtype, device=device, rules=keys.UNET)
+def load_unet(folder, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+              channels_last: bool = False) -> UNet:
+    return load_module(folder, lambda d: UNet(UNetConfig.from_dict(d)), dtype=dtype, device=device, rules=keys.UNET,
+                       channels_last=channels_last)

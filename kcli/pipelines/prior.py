@@ -54,9 +54,12 @@ class PriorStage:
         key = cache.fingerprint(enc / "config.json", find_weights(enc), extra=str(self.dtype))
         emb = cache.load_tensor("zero_embeds", key)
         if emb is None:
+            just_for_this = self._image is None
             with torch.inference_mode(), self.placement.on(self.image_encoder.model):
                 emb = self.image_encoder.zero_embed()
             cache.save_tensor("zero_embeds", key, emb)
+            if just_for_this:  # 1.8B parameters for 2.2: give the memory back (fuse and vary load it again)
+                self._image = None
         return emb.to(self.device, self.dtype)
 
     def _encode(self, prompts: list[str], uncond: list[str], cfg: bool):
