@@ -134,19 +134,8 @@ def write_small_parts(prior: Path, decoder: Path, tiny_ckpt) -> None:
     (decoder / "scheduler").mkdir(parents=True, exist_ok=True)
     (decoder / "scheduler" / "scheduler_config.json").write_text(
         json.dumps(tiny_ckpt.ddpm_scheduler_config(clip_sample=True), indent=2))
-    tiny_ckpt._model_index(prior, "KandinskyV22PriorPipeline", {
-        "prior": ("diffusers", "PriorTransformer"),
-        "text_encoder": ("transformers", "CLIPTextModelWithProjection"),
-        "image_encoder": ("transformers", "CLIPVisionModelWithProjection"),
-        "tokenizer": ("transformers", "CLIPTokenizer"),
-        "image_processor": ("transformers", "CLIPImageProcessor"),
-        "scheduler": ("diffusers", "UnCLIPScheduler"),
-    })
-    tiny_ckpt._model_index(decoder, "KandinskyV22Pipeline", {
-        "unet": ("diffusers", "UNet2DConditionModel"),
-        "movq": ("diffusers", "VQModel"),
-        "scheduler": ("diffusers", "DDPMScheduler"),
-    })
+    tiny_ckpt._model_index(prior, "KandinskyV22PriorPipeline", tiny_ckpt.PRIOR_PARTS)
+    tiny_ckpt._model_index(decoder, "KandinskyV22Pipeline", tiny_ckpt.DECODER_22_PARTS)
 
 
 def write_random_component(c: Component, folder: Path) -> None:

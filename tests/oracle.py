@@ -7,16 +7,9 @@ from pathlib import Path
 import numpy as np
 
 
-def combined_22(prior: Path, decoder: Path, scheduler_cls=None, kind: str = "KandinskyV22CombinedPipeline"):
-    """A combined (prior + decoder) pipeline of ``kind``: the text-to-image, Img2Img or Inpaint one."""
-    import diffusers
-    from diffusers import (
-        DDPMScheduler,
-        PriorTransformer,
-        UnCLIPScheduler,
-        UNet2DConditionModel,
-        VQModel,
-    )
+def _prior_parts(prior: Path) -> dict:
+    """The prior's components, as every combined pipeline takes them (``prior_*`` keyword arguments)."""
+    from diffusers import PriorTransformer, UnCLIPScheduler
     from transformers import (
         CLIPImageProcessor,
         CLIPTextModelWithProjection,
@@ -24,18 +17,28 @@ def combined_22(prior: Path, decoder: Path, scheduler_cls=None, kind: str = "Kan
         CLIPVisionModelWithProjection,
     )
 
+    return {
+        "prior_prior": PriorTransformer.from_pretrained(prior / "prior"),
+        "prior_image_encoder": CLIPVisionModelWithProjection.from_pretrained(prior / "image_encoder"),
+        "prior_text_encoder": CLIPTextModelWithProjection.from_pretrained(prior / "text_encoder"),
+        "prior_tokenizer": CLIPTokenizer.from_pretrained(prior / "tokenizer"),
+        "prior_scheduler": UnCLIPScheduler.from_pretrained(prior / "scheduler"),
+        "prior_image_processor": CLIPImageProcessor.from_pretrained(prior / "image_processor"),
+    }
+
+
+def combined_22(prior: Path, decoder: Path, scheduler_cls=None, kind: str = "KandinskyV22CombinedPipeline"):
+    """A combined (prior + decoder) pipeline of ``kind``: the text-to-image, Img2Img or Inpaint one."""
+    import diffusers
+    from diffusers import DDPMScheduler, UNet2DConditionModel, VQModel
+
     prior, decoder = Path(prior), Path(decoder)
     scheduler_cls = scheduler_cls or DDPMScheduler
     pipe = getattr(diffusers, kind)(
         unet=UNet2DConditionModel.from_pretrained(decoder / "unet"),
         scheduler=scheduler_cls.from_pretrained(decoder / "scheduler"),
         movq=VQModel.from_pretrained(decoder / "movq"),
-        prior_prior=PriorTransformer.from_pretrained(prior / "prior"),
-        prior_image_encoder=CLIPVisionModelWithProjection.from_pretrained(prior / "image_encoder"),
-        prior_text_encoder=CLIPTextModelWithProjection.from_pretrained(prior / "text_encoder"),
-        prior_tokenizer=CLIPTokenizer.from_pretrained(prior / "tokenizer"),
-        prior_scheduler=UnCLIPScheduler.from_pretrained(prior / "scheduler"),
-        prior_image_processor=CLIPImageProcessor.from_pretrained(prior / "image_processor"),
+        **_prior_parts(prior),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -44,15 +47,9 @@ def combined_22(prior: Path, decoder: Path, scheduler_cls=None, kind: str = "Kan
 def combined_21(prior: Path, decoder: Path, kind: str = "KandinskyCombinedPipeline"):
     """A Kandinsky 2.1 combined pipeline of ``kind`` (text-to-image, Img2Img or Inpaint), loaded from disk."""
     import diffusers
-    from diffusers import DDIMScheduler, PriorTransformer, UnCLIPScheduler, UNet2DConditionModel, VQModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel, VQModel
     from diffusers.pipelines.kandinsky.text_encoder import MultilingualCLIP
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-        CLIPVisionModelWithProjection,
-        XLMRobertaTokenizerFast,
-    )
+    from transformers import XLMRobertaTokenizerFast
 
     prior, decoder = Path(prior), Path(decoder)
     pipe = getattr(diffusers, kind)(
@@ -61,12 +58,7 @@ def combined_21(prior: Path, decoder: Path, kind: str = "KandinskyCombinedPipeli
         unet=UNet2DConditionModel.from_pretrained(decoder / "unet"),
         scheduler=DDIMScheduler.from_pretrained(decoder / "scheduler"),
         movq=VQModel.from_pretrained(decoder / "movq"),
-        prior_prior=PriorTransformer.from_pretrained(prior / "prior"),
-        prior_image_encoder=CLIPVisionModelWithProjection.from_pretrained(prior / "image_encoder"),
-        prior_text_encoder=CLIPTextModelWithProjection.from_pretrained(prior / "text_encoder"),
-        prior_tokenizer=CLIPTokenizer.from_pretrained(prior / "tokenizer"),
-        prior_scheduler=UnCLIPScheduler.from_pretrained(prior / "scheduler"),
-        prior_image_processor=CLIPImageProcessor.from_pretrained(prior / "image_processor"),
+        **_prior_parts(prior),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

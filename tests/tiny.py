@@ -49,6 +49,21 @@ def write_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> None
     src.rmdir()
 
 
+PRIOR_PARTS = {  # model_index.json of the kandinsky-2-x-prior repos
+    "prior": ("diffusers", "PriorTransformer"),
+    "text_encoder": ("transformers", "CLIPTextModelWithProjection"),
+    "image_encoder": ("transformers", "CLIPVisionModelWithProjection"),
+    "tokenizer": ("transformers", "CLIPTokenizer"),
+    "image_processor": ("transformers", "CLIPImageProcessor"),
+    "scheduler": ("diffusers", "UnCLIPScheduler"),
+}
+DECODER_22_PARTS = {
+    "unet": ("diffusers", "UNet2DConditionModel"),
+    "movq": ("diffusers", "VQModel"),
+    "scheduler": ("diffusers", "DDPMScheduler"),
+}
+
+
 def _model_index(folder: Path, class_name: str, parts: dict[str, tuple[str, str]]) -> None:
     index = {"_class_name": class_name, "_diffusers_version": "0.42.1"}
     index.update({k: list(v) for k, v in parts.items()})
@@ -101,17 +116,7 @@ def make_prior_22(folder: Path, seed: int = 0, embed_dim: int = 32) -> Path:
         variance_type="fixed_small_log", prediction_type="sample", num_train_timesteps=1000,
         clip_sample=True, clip_sample_range=10.0,
     ).save_pretrained(folder / "scheduler")
-    _model_index(
-        folder, "KandinskyV22PriorPipeline",
-        {
-            "prior": ("diffusers", "PriorTransformer"),
-            "text_encoder": ("transformers", "CLIPTextModelWithProjection"),
-            "image_encoder": ("transformers", "CLIPVisionModelWithProjection"),
-            "tokenizer": ("transformers", "CLIPTokenizer"),
-            "image_processor": ("transformers", "CLIPImageProcessor"),
-            "scheduler": ("diffusers", "UnCLIPScheduler"),
-        },
-    )
+    _model_index(folder, "KandinskyV22PriorPipeline", PRIOR_PARTS)
     return folder
 
 
@@ -163,14 +168,7 @@ def make_decoder_22(folder: Path, seed: int = 0, embed_dim: int = 32, in_channel
         json.dumps(scheduler or ddpm_scheduler_config(), indent=2)
     )
     name = "KandinskyV22InpaintPipeline" if in_channels == 9 else "KandinskyV22Pipeline"
-    _model_index(
-        folder, name,
-        {
-            "unet": ("diffusers", "UNet2DConditionModel"),
-            "movq": ("diffusers", "VQModel"),
-            "scheduler": ("diffusers", "DDPMScheduler"),
-        },
-    )
+    _model_index(folder, name, DECODER_22_PARTS)
     return folder
 
 
