@@ -20,7 +20,7 @@ from kcli.loading.errors import KandinskyError
 
 OVERRIDES = {"prompt": str, "negative": str, "seed": int, "width": int, "height": int, "steps": int,
              "prior_steps": int, "guidance": float, "prior_guidance": float, "num_images": int, "sampler": str,
-             "strength": float, "name": str}
+             "name": str}
 
 
 @dataclass

@@ -11,7 +11,8 @@ from kcli.cli import app
 from kcli.cli.errors import user_errors
 from kcli.cli.options import SAMPLING, GenOptions, generation_options, resolve
 
-REPLAYED = ("negative", "seed", "width", "height", "steps", "prior_steps", "guidance", "prior_guidance", "sampler")
+REPLAYED = ("negative", "seed", "width", "height", "steps", "prior_steps", "guidance", "prior_guidance", "sampler",
+            "prior_mode", "linear_prior")
 
 
 def recorded_settings(meta: dict) -> dict:

@@ -32,6 +32,8 @@ class GenOptions:
     prior_guidance: float = 4.0
     num_images: int = 1
     sampler: Optional[str] = None
+    prior_mode: str = "diffusion"
+    linear_prior: Optional[str] = None
     preset: Optional[str] = None
     model: Optional[str] = None
     prior: Optional[str] = None
@@ -71,6 +73,9 @@ FLAGS = {
     "num_images": _opt("--num-images", "-n", min=1, panel=SAMPLING, help="Images per prompt."),
     "sampler": _opt("--sampler", panel=SAMPLING,
                     help="Decoder sampler: default (the checkpoint's), ddpm, ddim, dpm++2m, dpm++2m-karras."),
+    "prior_mode": _opt("--prior-mode", panel=SAMPLING, help="diffusion (the prior), linear (a fitted map, "
+                       "--linear-prior) or none (the CLIP text embedding as is: the paper's baseline)."),
+    "linear_prior": _opt("--linear-prior", panel=SAMPLING, help="A file made by `kandinsky prior fit`."),
     "preset": _opt("--preset", panel=SAMPLING, help="Settings by name: default, fast, quality, lowvram (presets/)."),
     "model": _opt("--model", panel=MODEL, help="Model by name: 2.2 (default) or 2.1; see `kandinsky models list`. "
                   "--prior/--decoder replace its parts."),

@@ -50,7 +50,7 @@ def settings_for(opts: GenOptions, prompt: str, size: tuple[int, int] | None = N
         steps=o.get("steps", opts.steps), prior_steps=o.get("prior_steps", opts.prior_steps),
         guidance=o.get("guidance", opts.guidance), prior_guidance=o.get("prior_guidance", opts.prior_guidance),
         num_images=o.get("num_images", opts.num_images), sampler=o.get("sampler", opts.sampler),
-        tile=opts.tile,
+        tile=opts.tile, prior_mode=opts.prior_mode, linear_prior=opts.linear_prior,
     )
     settings.check()
     return settings
@@ -91,7 +91,8 @@ def _meta(mode: str, settings, result, load, k, opts: GenOptions, inputs: dict) 
     return {
         "mode": mode,
         "settings": {f: getattr(s, f) for f in ("prompt", "negative", "seed", "width", "height", "steps",
-                                                "prior_steps", "guidance", "prior_guidance", "sampler")},
+                                                "prior_steps", "guidance", "prior_guidance", "sampler",
+                                                "prior_mode", "linear_prior")},
         "inputs": inputs,
         "model": opts.model or ("custom" if opts.prior or opts.decoder else "2.2"),
         "checkpoints": {"prior": opts.prior, "decoder": opts.decoder, "prior_path": str(load.prior),

@@ -64,6 +64,8 @@ class Settings:
     num_images: int = 1
     sampler: str | None = None  # None: the decoder checkpoint's own; or ddpm, ddim, dpm++2m, dpm++2m-karras
     tile: bool | None = None  # MoVQ decode in tiles; None: only for large pictures
+    prior_mode: str = "diffusion"  # diffusion | linear (a fitted map, linear_prior) | none (CLIP text as is)
+    linear_prior: str | None = None  # a file made by `kandinsky prior fit`
 
     def check(self) -> None:
         for name in ("steps", "prior_steps", "num_images"):
@@ -76,6 +78,10 @@ class Settings:
             raise KandinskyError("steps cannot exceed the 1000 training timesteps")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise KandinskyError(f"seed must be between 0 and 2^63-1, got {self.seed}")
+        if self.prior_mode not in ("diffusion", "linear", "none"):
+            raise KandinskyError(f"unknown prior mode {self.prior_mode!r}: use diffusion, linear or none")
+        if self.prior_mode == "linear" and not self.linear_prior:
+            raise KandinskyError("--prior-mode linear needs --linear-prior FILE (make one with `kandinsky prior fit`)")
         if self.sampler not in (None, *SAMPLER_NAMES):
             raise KandinskyError(f"unknown sampler {self.sampler!r}: use {', '.join(SAMPLER_NAMES)}")
 
@@ -98,20 +104,21 @@ class Kandinsky:
             )
         self.prior, self.decoder, self.device, self.dtype = prior, decoder, device, dtype
         self.placement = decoder.placement
+        self._linear_priors: dict = {}
 
     @classmethod
     def load(cls, opts: LoadOptions, on_progress: Progress | None = None) -> Kandinsky:
         device = resolve_device(opts.device)
         dtype = resolve_dtype(opts.dtype, device)
         placement = Placement(opts.offload, device)
+        if opts.compile and opts.offload == "sequential":  # the streamer's hooks swap weights under the graph
+            raise KandinskyError("--compile does not combine with sequential offload")
         report = on_progress or (lambda *a: None)
         report("load", 0, 2)
         prior = PriorStage.load(Path(opts.prior), dtype=dtype, placement=placement)
         report("load", 1, 2)
         decoder = DecoderStage.load(Path(opts.decoder), dtype=dtype, placement=placement)
         if opts.compile:
-            if opts.offload == "sequential":
-                raise KandinskyError("--compile does not combine with sequential offload")
             decoder.unet = torch.compile(decoder.unet)
         report("load", 2, 2)
         return cls(prior, decoder, device, dtype)
@@ -127,7 +134,8 @@ class Kandinsky:
 
         def make(s: Settings, g: torch.Generator, report: Progress):
             emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
-                                        generator=g, on_step=lambda i, n: report("prior", i, n))
+                                        generator=g, on_step=lambda i, n: report("prior", i, n),
+                                        mode=s.prior_mode, linear=self._linear(s))
             latents = self.decoder.sample(emb, neg, s.prompt, width=size.gen_width, height=size.gen_height,
                                           steps=s.steps, guidance=s.guidance, generator=g, sampler=s.sampler,
                                           on_step=lambda i, n: report("decoder", i, n))
@@ -144,7 +152,8 @@ class Kandinsky:
 
         def make(s: Settings, g: torch.Generator, report: Progress):
             emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
-                                        generator=g, on_step=lambda i, n: report("prior", i, n))
+                                        generator=g, on_step=lambda i, n: report("prior", i, n),
+                                        mode=s.prior_mode, linear=self._linear(s))
             latents = self.decoder.refine(pixels, emb, neg, s.prompt, strength=strength, steps=s.steps,
                                           guidance=s.guidance, generator=g, sampler=s.sampler,
                                           on_step=lambda i, n: report("decoder", i, n))
@@ -191,7 +200,8 @@ class Kandinsky:
 
         def make(s: Settings, g: torch.Generator, report: Progress):
             emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
-                                        generator=g, on_step=lambda i, n: report("prior", i, n))
+                                        generator=g, on_step=lambda i, n: report("prior", i, n),
+                                        mode=s.prior_mode, linear=self._linear(s))
             latents = self.decoder.inpaint(pixels, gen_repaint, emb, neg, s.prompt, steps=s.steps,
                                            guidance=s.guidance, generator=g, sampler=s.sampler,
                                            on_step=lambda i, n: report("decoder", i, n))
@@ -200,6 +210,16 @@ class Kandinsky:
         yield from self._run(settings, size, make, on_progress)
 
     # ---- shared -------------------------------------------------------------------------------------------
+
+    def _linear(self, s: Settings):
+        """The fitted linear prior a call names, read once and kept."""
+        if s.prior_mode != "linear":
+            return None
+        if s.linear_prior not in self._linear_priors:
+            from kcli.pipelines.linear_prior import LinearPrior
+
+            self._linear_priors[s.linear_prior] = LinearPrior.load(Path(s.linear_prior))
+        return self._linear_priors[s.linear_prior]
 
     def _checked(self, settings: Settings) -> SizePlan:
         settings.check()

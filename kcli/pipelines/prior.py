@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from kcli.loading import cache
-from kcli.loading.errors import CheckpointError
+from kcli.loading.errors import CheckpointError, KandinskyError
 from kcli.loading.weights import find_weights, read_json
 from kcli.models.clip import CLIPImage, CLIPText
 from kcli.models.prior import PriorTransformer, load_prior
@@ -72,12 +72,17 @@ class PriorStage:
 
     @torch.inference_mode()
     def embed(self, prompt: str, negative: str | None, *, steps: int, guidance: float,
-              generator: torch.Generator, on_step=None) -> tuple[torch.Tensor, torch.Tensor]:
+              generator: torch.Generator, on_step=None, mode: str = "diffusion",
+              linear=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(image embedding, negative image embedding), each (1, D).
 
         Like the reference: a negative prompt is run through the prior as a second row (with itself as
         the unconditional text); without one, the negative is the zero-image embedding.
+        ``mode`` "linear" maps CLIP text embeddings with a fitted ``linear`` prior instead, and "none" uses
+        them as they are (the paper's no-prior baseline); neither draws random numbers.
         """
+        if mode != "diffusion":
+            return self._embed_without_diffusion(prompt, negative, mode, linear)
         prompts = [prompt] if negative is None else [prompt, negative]
         uncond = [""] * len(prompts) if negative is None else [negative] * 2
         cfg = guidance > 1.0
@@ -125,3 +130,27 @@ class PriorStage:
         draws = 1 + sum(t > 0 for t in self.sampler.timesteps(steps))
         for _ in range(draws):
             randn((rows, self.prior.config.embedding_dim), generator, "cpu", self.dtype)
+
+    def _embed_without_diffusion(self, prompt: str, negative: str | None, mode: str, linear):
+        if mode not in ("linear", "none"):
+            raise KandinskyError(f"unknown prior mode {mode!r}: use diffusion, linear or none")
+        if mode == "linear" and linear is None:
+            raise KandinskyError("--prior-mode linear needs --linear-prior FILE (make one with `kandinsky prior fit`)")
+        with self.placement.on(self.text.model):
+            texts = [prompt] + ([negative] if negative is not None else [])
+            embeds = self.text(texts)[0].to(self.dtype)
+        if linear is not None and mode == "linear":
+            if linear.weight.shape[1] != embeds.shape[1]:
+                raise KandinskyError(f"the linear prior maps {linear.weight.shape[1]}-d text embeddings, this prior's "
+                                     f"CLIP makes {embeds.shape[1]}-d ones")
+            embeds = linear(embeds.float()).to(self.dtype)
+        image = embeds[:1]
+        return image, embeds[1:2] if negative is not None else self.zero_embed()
+
+    @torch.inference_mode()
+    def pair_embeddings(self, captions: list[str], images: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP text embeddings of ``captions`` and CLIP image embeddings of ``images`` (for a linear prior)."""
+        with self.placement.on(self.text.model):
+            text = self.text(captions)[0].float()
+        image = torch.cat([self.image_embed(i) for i in images]).float()
+        return text, image
