@@ -107,3 +107,21 @@ def test_bad_inputs_end_in_one_line(prior22, decoder22, tmp_path, case, expect):
         proc = run(*args)
     assert expect in one_line_error(proc)
     assert not (tmp_path / "p.safetensors").exists() and not (tmp_path / "x.png").exists()
+
+
+def test_best_of_keeps_the_candidate_closest_to_the_prompt(prior22, decoder22, tmp_path):
+    from kcli.pipelines.kandinsky import Kandinsky, LoadOptions, Settings
+
+    k = Kandinsky.load(LoadOptions(prior22, decoder22, device="cpu"))
+    s = Settings("a red cat", seed=20, width=64, height=64, steps=2, prior_steps=2)
+    (best,) = k.generate(Settings(**{**s.__dict__, "best_of": 3}))
+    singles = [next(k.generate(Settings(**{**s.__dict__, "seed": 20 + j}))) for j in range(3)]
+    scores = [k.prior.clip_score(r.image, "a red cat") for r in singles]
+    assert [seed for seed, _ in best.candidates] == [20, 21, 22]
+    assert best.score == max(scores) and best.seed == 20 + scores.index(max(scores))
+    assert np.array_equal(np.asarray(best.image), np.asarray(singles[scores.index(max(scores))].image))
+    out = tmp_path / "best.png"
+    proc = run("generate", "a red cat", "--prior", prior22, "--decoder", decoder22, "--best-of", 2, "--steps", 1,
+               "-W", 64, "-H", 64, "--seed", 5, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert '"best_of": 2' in Image.open(out).info["kandinsky"]

@@ -31,6 +31,7 @@ class GenOptions:
     guidance: float = 4.0
     prior_guidance: float = 4.0
     num_images: int = 1
+    best_of: int = 1
     sampler: Optional[str] = None
     prior_mode: str = "diffusion"
     linear_prior: Optional[str] = None
@@ -71,6 +72,8 @@ FLAGS = {
     "guidance": _opt("--guidance", panel=SAMPLING, help="Decoder classifier-free guidance (1 = off)."),
     "prior_guidance": _opt("--prior-guidance", panel=SAMPLING, help="Prior classifier-free guidance (1 = off)."),
     "num_images": _opt("--num-images", "-n", min=1, panel=SAMPLING, help="Images per prompt."),
+    "best_of": _opt("--best-of", min=1, panel=SAMPLING,
+                    help="Make N candidates per image and keep the one the prior's CLIP finds closest to the prompt."),
     "sampler": _opt("--sampler", panel=SAMPLING,
                     help="Decoder sampler: default (the checkpoint's), ddpm, ddim, dpm++2m, dpm++2m-karras."),
     "prior_mode": _opt("--prior-mode", panel=SAMPLING, help="diffusion (the prior), linear (a fitted map, "

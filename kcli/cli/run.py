@@ -50,7 +50,7 @@ def settings_for(opts: GenOptions, prompt: str, size: tuple[int, int] | None = N
         steps=o.get("steps", opts.steps), prior_steps=o.get("prior_steps", opts.prior_steps),
         guidance=o.get("guidance", opts.guidance), prior_guidance=o.get("prior_guidance", opts.prior_guidance),
         num_images=o.get("num_images", opts.num_images), sampler=o.get("sampler", opts.sampler),
-        tile=opts.tile, prior_mode=opts.prior_mode, linear_prior=opts.linear_prior,
+        tile=opts.tile, prior_mode=opts.prior_mode, linear_prior=opts.linear_prior, best_of=opts.best_of,
     )
     settings.check()
     return settings
@@ -101,6 +101,9 @@ def _meta(mode: str, settings, result, load, k, opts: GenOptions, inputs: dict) 
         "dtype": str(k.dtype).removeprefix("torch."), "device": str(k.device), "offload": load.offload,
         "versions": {"kandinsky": __version__, "torch": torch.__version__},
         "timings": {k2: round(v, 3) for k2, v in result.timings.items()},
+        **({"score": {"clip": round(result.score, 5), "by": "the prior's CLIP", "best_of": len(result.candidates),
+                      "candidates": [[seed, round(sc, 5)] for seed, sc in result.candidates]}}
+           if result.score is not None else {}),
     }
 
 
@@ -133,8 +136,8 @@ def _plan_job(opts: GenOptions, job: batch.Job, mode: str, size, in_batch: bool)
         return settings, found, True
     target = opts.output if not (in_batch and opts.output and opts.output.suffix) else folder
     names = out.plan_outputs(target, job.overrides.get("name") or job.prompt,
-                             [settings.seed + i for i in range(settings.num_images)], opts.overwrite,
-                             template=opts.name)
+                             [settings.seed + i * settings.best_of for i in range(settings.num_images)],
+                             opts.overwrite, template=opts.name)  # with --best-of: the first candidate's seed
     return settings, names, False
 
 

@@ -64,11 +64,12 @@ class Settings:
     num_images: int = 1
     sampler: str | None = None  # None: the decoder checkpoint's own; or ddpm, ddim, dpm++2m, dpm++2m-karras
     tile: bool | None = None  # MoVQ decode in tiles; None: only for large pictures
+    best_of: int = 1  # make this many candidates per image and keep the one CLIP finds closest to the prompt
     prior_mode: str = "diffusion"  # diffusion | linear (a fitted map, linear_prior) | none (CLIP text as is)
     linear_prior: str | None = None  # a file made by `kandinsky prior fit`
 
     def check(self) -> None:
-        for name in ("steps", "prior_steps", "num_images"):
+        for name in ("steps", "prior_steps", "num_images", "best_of"):
             if getattr(self, name) < 1:
                 raise KandinskyError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("guidance", "prior_guidance"):
@@ -93,6 +94,8 @@ class Result:
     settings: Settings  # with the seed actually used
     size: SizePlan
     timings: dict[str, float] = field(default_factory=dict)
+    score: float | None = None  # CLIP similarity to the prompt, when chosen among candidates (best_of)
+    candidates: list[tuple[int, float]] | None = None  # (seed, score) of every candidate, the kept one included
 
 
 class Kandinsky:
@@ -226,23 +229,35 @@ class Kandinsky:
         return self.plan(settings)
 
     def _run(self, settings: Settings, size: SizePlan, make, on_progress: Progress | None) -> Iterator[Result]:
-        """Per image i: seed S+i, a fresh CPU generator, ``make`` (prior + decoder), decode, ``finish``."""
+        """Per image i: seed S+i (with best_of N: candidates S+iN .. S+iN+N-1, the best kept)."""
         report = on_progress or (lambda *a: None)
         base = settings.seed if settings.seed is not None else secrets.randbits(32)
+        n = settings.best_of
         for i in range(settings.num_images):
-            s = replace(settings, seed=base + i, num_images=1)
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                latents, finish = make(s, cpu_generator(s.seed), report)
-                t1 = time.perf_counter()
-                report("decode", 0, 1)
-                pixels = finish(self.decoder.decode(latents, tile=s.tile)[0])
-                report("decode", 1, 1)
-            timings = {"sample": t1 - t0, "decode": time.perf_counter() - t1}
-            del latents
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()  # give the next image (or the next program) the memory back
-            yield Result(Image.fromarray(pixels), s.seed, s, size, timings)
+            if n == 1:
+                yield self._image(replace(settings, seed=base + i, num_images=1), size, make, report)
+                continue
+            tries = [self._image(replace(settings, seed=base + i * n + j, num_images=1, best_of=1), size, make,
+                                 report) for j in range(n)]
+            scores = [self.prior.clip_score(r.image, settings.prompt) for r in tries]
+            best = tries[max(range(n), key=scores.__getitem__)]
+            best.score, best.candidates = max(scores), [(r.seed, sc) for r, sc in zip(tries, scores)]
+            yield best
+
+    def _image(self, s: Settings, size: SizePlan, make, report: Progress) -> Result:
+        """One image: a fresh CPU generator from its seed, ``make`` (prior + decoder), decode, ``finish``."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            latents, finish = make(s, cpu_generator(s.seed), report)
+            t1 = time.perf_counter()
+            report("decode", 0, 1)
+            pixels = finish(self.decoder.decode(latents, tile=s.tile)[0])
+            report("decode", 1, 1)
+        timings = {"sample": t1 - t0, "decode": time.perf_counter() - t1}
+        del latents
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # give the next image (or the next program) the memory back
+        return Result(Image.fromarray(pixels), s.seed, s, size, timings)
 
 
 def check_strength(strength: float) -> None:

@@ -154,3 +154,11 @@ class PriorStage:
             text = self.text(captions)[0].float()
         image = torch.cat([self.image_embed(i) for i in images]).float()
         return text, image
+
+    @torch.inference_mode()
+    def clip_score(self, image, prompt: str) -> float:
+        """Cosine similarity of a picture's and a text's CLIP embeddings, with this prior's own CLIP."""
+        with self.placement.on(self.text.model):
+            text = self.text([prompt])[0].float()
+        picture = self.image_embed(image).float()
+        return float(torch.nn.functional.cosine_similarity(picture, text).item())
