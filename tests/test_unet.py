@@ -87,3 +87,11 @@ def test_weights_that_do_not_fit_the_config_are_named(decoder22, tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "layers_per_block": 2}))
     with pytest.raises(CheckpointError, match="does not fit its config: missing"):
         load_unet(folder)
+
+
+def test_loading_onto_a_missing_device_is_not_called_corruption(decoder22):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(Exception) as raised:
+        load_unet(decoder22 / "unet", device="cuda")
+    assert "corrupt" not in str(raised.value)

@@ -63,33 +63,37 @@ def find_weights(folder: Path) -> Path:
 
 def read_tensors(path: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                  channels_last: bool = False) -> dict:
-    """All tensors of a weights file, floating ones cast to ``dtype`` (None keeps the stored dtype), and with
-    ``channels_last`` the 4-D ones (convolution kernels) laid out channels-last, in the same single copy."""
+    """All tensors of a weights file on ``device``, floating ones cast to ``dtype`` (None keeps the stored
+    dtype), and with ``channels_last`` the 4-D ones (convolution kernels) laid out channels-last.
+
+    The file is read memory-mapped on the CPU; moving, casting and laying out happen in one copy per tensor.
+    """
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
 
             tensors = {}
-            with safe_open(str(path), framework="pt", device=str(device)) as f:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
                 for key in f.keys():
                     tensors[key] = f.get_tensor(key)
         else:
-            tensors = torch.load(path, map_location=device, weights_only=True, mmap=True)
+            tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except CheckpointError:
         raise
     except Exception as e:  # safetensors and torch raise several unrelated types for a damaged file
         raise CheckpointError(f"{path} is corrupt or truncated ({e.__class__.__name__}: {e})") from None
-    if dtype is not None or channels_last:
-        tensors = {k: _convert(v, dtype, channels_last) for k, v in tensors.items()}
+    device = torch.device(device)
+    if dtype is not None or channels_last or device.type != "cpu":
+        tensors = {k: _convert(v, dtype, channels_last, device) for k, v in tensors.items()}
     return tensors
 
 
-def _convert(t: torch.Tensor, dtype: torch.dtype | None, channels_last: bool) -> torch.Tensor:
+def _convert(t: torch.Tensor, dtype: torch.dtype | None, channels_last: bool, device: torch.device) -> torch.Tensor:
     if not t.is_floating_point():
-        return t
+        return t.to(device)
     fmt = torch.channels_last if channels_last and t.dim() == 4 else torch.preserve_format
-    return t.to(dtype=dtype or t.dtype, memory_format=fmt)
+    return t.to(device=device, dtype=dtype or t.dtype, memory_format=fmt)
 
 
 def rename_keys(tensors: dict, rules: Rules) -> dict:
