@@ -7,15 +7,20 @@ from pathlib import Path
 import numpy as np
 
 
+def pil_image_processor(folder: Path):
+    """The CLIP image processor the reference pipelines had before transformers 5, which picks a torchvision-backed
+    one (resizing slightly differently) whenever torchvision is installed; kcli always uses the PIL one."""
+    try:
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
+    return CLIPImageProcessor.from_pretrained(folder)
+
+
 def _prior_parts(prior: Path) -> dict:
     """The prior's components, as every combined pipeline takes them (``prior_*`` keyword arguments)."""
     from diffusers import PriorTransformer, UnCLIPScheduler
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-        CLIPVisionModelWithProjection,
-    )
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
     return {
         "prior_prior": PriorTransformer.from_pretrained(prior / "prior"),
@@ -23,7 +28,7 @@ def _prior_parts(prior: Path) -> dict:
         "prior_text_encoder": CLIPTextModelWithProjection.from_pretrained(prior / "text_encoder"),
         "prior_tokenizer": CLIPTokenizer.from_pretrained(prior / "tokenizer"),
         "prior_scheduler": UnCLIPScheduler.from_pretrained(prior / "scheduler"),
-        "prior_image_processor": CLIPImageProcessor.from_pretrained(prior / "image_processor"),
+        "prior_image_processor": pil_image_processor(prior / "image_processor"),
     }
 
 

@@ -159,12 +159,8 @@ def test_scheduler_config_errors(change):
 @pytest.fixture(scope="module")
 def pipelines(prior22, priors):
     from diffusers import KandinskyV22PriorPipeline, UnCLIPScheduler
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-        CLIPVisionModelWithProjection,
-    )
+    from oracle import pil_image_processor
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
     tokenizer = CLIPTokenizer.from_pretrained(prior22 / "tokenizer")
     text_encoder = CLIPTextModelWithProjection.from_pretrained(prior22 / "text_encoder").eval()
@@ -174,7 +170,7 @@ def pipelines(prior22, priors):
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         scheduler=UnCLIPScheduler.from_pretrained(prior22 / "scheduler"),
-        image_processor=CLIPImageProcessor.from_pretrained(prior22 / "image_processor"),
+        image_processor=pil_image_processor(prior22 / "image_processor"),
     )
     ref.set_progress_bar_config(disable=True)
     sampler = UnCLIPSampler.from_dict(read_json(prior22 / "scheduler" / "scheduler_config.json"))

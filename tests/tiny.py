@@ -269,3 +269,37 @@ def make_decoder_21(folder: Path, seed: int = 0, embed_dim: int = 24, in_channel
         },
     )
     return folder
+
+
+OPEN_CLIP_CONFIG = {  # a ViT CLIP of open_clip's own kind, a few channels wide (the real ViT-L-14 is 1024 wide)
+    "model_cfg": {
+        "embed_dim": 16, "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    },
+    "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+                       "interpolation": "bicubic", "resize_mode": "shortest"},
+}
+
+
+def make_open_clip(folder: Path, seed: int = 0, pickle_too: bool = False) -> Path:
+    """A random open_clip model in its hub layout: ``open_clip_config.json`` + ``open_clip_model.safetensors``
+    (and, like the real repositories, a pickled copy when asked)."""
+    import logging
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps(OPEN_CLIP_CONFIG, indent=1))
+    torch.manual_seed(seed)
+    logging.disable(logging.WARNING)  # "no weights found, initialized randomly": that is the point
+    try:
+        model = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
+    finally:
+        logging.disable(logging.NOTSET)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, folder / "open_clip_model.safetensors")
+    if pickle_too:
+        torch.save(state, folder / "open_clip_pytorch_model.bin")
+    return folder

@@ -34,6 +34,7 @@ def _root(
 # Each module registers its commands; the order here is the order in --help.
 from kcli.cli import generate  # noqa: E402,F401,I001
 from kcli.cli import fuse, inpaint  # noqa: E402,F401
+from kcli.cli import score  # noqa: E402,F401
 from kcli.cli import info, models, prior  # noqa: E402,F401
 
 

@@ -24,7 +24,8 @@ else:  # pragma: no cover
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"  # in a checkout; a wheel has kcli/presets
 SETTING_TYPES = {
     "negative": str, "width": int, "height": int, "steps": int, "prior_steps": int, "guidance": float,
-    "prior_guidance": float, "num_images": int, "best_of": int, "sampler": str, "prior_mode": str, "linear_prior": str, "model": str, "prior": str, "decoder": str,
+    "prior_guidance": float, "num_images": int, "best_of": int, "scorer": str, "clip_model": str,
+    "sampler": str, "prior_mode": str, "linear_prior": str, "model": str, "prior": str, "decoder": str,
     "device": str, "dtype": str, "offload": str, "memory": str, "tile": bool, "compile": bool, "offline": bool,
     "output": str, "overwrite": bool, "quiet": bool,
 }

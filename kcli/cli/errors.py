@@ -13,9 +13,11 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    from rich.markup import escape
+
     from kcli.cli.render import err_console
 
-    err_console().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -32,6 +34,9 @@ def user_errors():
         raise fail(str(e)) from None
     except KeyboardInterrupt:
         raise fail("interrupted: finished images were kept", EXIT_INTERRUPTED) from None
+    except BrokenPipeError:  # stdout closed early (`kandinsky score --list-models | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
     except MemoryError:
         raise fail("out of memory (RAM): try a smaller size, --dtype bf16, or fewer images") from None
     except Exception as e:  # a bug: still one line, with a way to see the traceback

@@ -70,6 +70,12 @@ def doctor() -> None:
                 rows.append((name, __import__(name).__version__))
             except ImportError:
                 rows.append((name, "missing"))
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:  # the version from the package record: importing open_clip would take seconds
+            rows.append(("open_clip", f"{version('open_clip_torch')} (kandinsky score, --scorer openclip)"))
+        except PackageNotFoundError:
+            rows.append(("open_clip", 'not installed: kandinsky score needs pip install "kandinsky-cli[score]"'))
         rows.append(("CPU", f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                             f"{torch.backends.cpu.get_cpu_capability()}"))
         if torch.cuda.is_available():

@@ -32,6 +32,8 @@ class GenOptions:
     prior_guidance: float = 4.0
     num_images: int = 1
     best_of: int = 1
+    scorer: str = "prior"
+    clip_model: Optional[str] = None
     sampler: Optional[str] = None
     prior_mode: str = "diffusion"
     linear_prior: Optional[str] = None
@@ -73,7 +75,11 @@ FLAGS = {
     "prior_guidance": _opt("--prior-guidance", panel=SAMPLING, help="Prior classifier-free guidance (1 = off)."),
     "num_images": _opt("--num-images", "-n", min=1, panel=SAMPLING, help="Images per prompt."),
     "best_of": _opt("--best-of", min=1, panel=SAMPLING,
-                    help="Make N candidates per image and keep the one the prior's CLIP finds closest to the prompt."),
+                    help="Make N candidates per image and keep the one CLIP finds closest to the prompt (--scorer)."),
+    "scorer": _opt("--scorer", panel=SAMPLING, help="What ranks --best-of candidates: prior (its own CLIP) or "
+                   "openclip (an open_clip model, --clip-model; needs the [score] extra)."),
+    "clip_model": _opt("--clip-model", panel=SAMPLING, help="The open_clip model for --scorer openclip (implies it): "
+                       "ARCH/TAG (default ViT-L-14/openai), a hub id or a folder."),
     "sampler": _opt("--sampler", panel=SAMPLING,
                     help="Decoder sampler: default (the checkpoint's), ddpm, ddim, dpm++2m, dpm++2m-karras."),
     "prior_mode": _opt("--prior-mode", panel=SAMPLING, help="diffusion (the prior), linear (a fitted map, "

@@ -11,6 +11,7 @@ import functools
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -25,7 +26,8 @@ from rich.table import Table
 
 from kcli.loading.download import human_size
 
-STAGES = {"load": "loading models", "prior": "prior", "decoder": "decoder", "decode": "MoVQ decode"}
+STAGES = {"load": "loading models", "prior": "prior", "decoder": "decoder", "decode": "MoVQ decode",
+          "score": "CLIP score"}
 
 
 @functools.cache
@@ -40,11 +42,11 @@ def out_console() -> Console:
 
 
 def note(message: str) -> None:
-    err_console().print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
+    err_console().print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:
-    err_console().print(message, highlight=False, soft_wrap=True)
+    err_console().print(escape(message), highlight=False, soft_wrap=True)
 
 
 class ProgressView:
@@ -185,7 +187,7 @@ def _short(name: str, width: int = 48) -> str:
 
 def error(message: str) -> None:
     """A job's failure inside a batch (the batch goes on)."""
-    err_console().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def summary(outcomes) -> None:

@@ -84,6 +84,35 @@ def load_options(opts: GenOptions, inpainting: bool = False):
                        compile=opts.compile), (opts.tile if opts.tile is not None else memory.tile)
 
 
+def scorer_choice(opts: GenOptions) -> str | None:
+    """The open_clip model that ranks --best-of candidates, or None for the prior's own CLIP. --clip-model given
+    on the command line implies --scorer openclip."""
+    scorer = opts.scorer if "scorer" in opts.given or "clip_model" not in opts.given else "openclip"
+    if scorer not in ("prior", "openclip"):
+        raise KandinskyError(f"unknown scorer {scorer!r}: use prior or openclip")
+    if scorer == "prior":
+        return None
+    from kcli.cli.score import default_clip_model
+
+    return opts.clip_model or default_clip_model()
+
+
+def load_scorer(opts: GenOptions, load):
+    """The open_clip scorer for --best-of, fetched and built before the big models load (so a bad name fails
+    at once); with offload it stays in CPU memory between uses."""
+    name = scorer_choice(opts)
+    if name is None or opts.best_of == 1:
+        return None
+    from kcli.pipelines.devices import resolve_device, resolve_dtype
+    from kcli.pipelines.scoring import Scorer
+
+    device = resolve_device(load.device)
+    dtype = resolve_dtype(load.dtype, device)
+    with render.DownloadView(opts.quiet) as progress:
+        return Scorer.load(name, device=device if load.offload == "none" else "cpu", dtype=dtype,
+                           offline=opts.offline, progress=progress)
+
+
 def _meta(mode: str, settings, result, load, k, opts: GenOptions, inputs: dict) -> dict:
     import torch
 
@@ -101,7 +130,7 @@ def _meta(mode: str, settings, result, load, k, opts: GenOptions, inputs: dict) 
         "dtype": str(k.dtype).removeprefix("torch."), "device": str(k.device), "offload": load.offload,
         "versions": {"kandinsky": __version__, "torch": torch.__version__},
         "timings": {k2: round(v, 3) for k2, v in result.timings.items()},
-        **({"score": {"clip": round(result.score, 5), "by": "the prior's CLIP", "best_of": len(result.candidates),
+        **({"score": {"clip": round(result.score, 5), "by": k.scored_by, "best_of": len(result.candidates),
                       "candidates": [[seed, round(sc, 5)] for seed, sc in result.candidates]}}
            if result.score is not None else {}),
     }
@@ -179,8 +208,10 @@ def run(opts: GenOptions, *, mode: str, prompt: str | None, make: Callable[..., 
         load, tile = load or load_options(opts, inpainting)
         from kcli.pipelines.kandinsky import Kandinsky
 
+        scorer = load_scorer(opts, load)
         with render.ProgressView(opts.quiet or opts.json) as view:
             k = Kandinsky.load(load, on_progress=view)
+            k.use_scorer(scorer)
             for j, job, settings, names in todo:
                 started = time.perf_counter()
                 view.job(j + 1, len(jobs), job.prompt)

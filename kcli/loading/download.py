@@ -281,6 +281,20 @@ def choose_files(files: dict[str, Remote]) -> list[Remote]:
     return chosen
 
 
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+OPEN_CLIP_FILES = ("open_clip_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def choose_open_clip_files(repo: RepoSpec, files: dict[str, Remote]) -> list[Remote]:
+    """An open_clip repository holds its weights several times over (open_clip pickle and safetensors, timm
+    formats): only the open_clip safetensors, its config and any tokenizer files are fetched."""
+    if OPEN_CLIP_WEIGHTS not in files:
+        raise CheckpointError(f"{repo.id} has no {OPEN_CLIP_WEIGHTS} at revision {repo.ref} (kandinsky loads "
+                              "safetensors only, never pickled weights)")
+    return [files[p] for p in (OPEN_CLIP_WEIGHTS, *OPEN_CLIP_FILES) if p in files]
+
+
 @dataclass
 class Plan:
     repo: RepoSpec
@@ -318,6 +332,8 @@ def plan(repo: RepoSpec) -> Plan:
         raise CheckpointError(f"the hub at {endpoint()} sent an unreadable listing of {repo.id} "
                               f"({_first_line(e)}): is HF_ENDPOINT a hub?") from None
     if repo.files is None:
+        if repo.layout == "open_clip":
+            return Plan(repo, commit, choose_open_clip_files(repo, listed))
         files = choose_files(listed)
         if not files:
             raise CheckpointError(f"{repo.id} has no configs or safetensors weights at revision {repo.ref}")

@@ -36,6 +36,7 @@ class RepoSpec:
     id: str
     revision: str | None = None  # a pinned commit; None follows the main branch
     files: tuple[FileSpec, ...] | None = None
+    layout: str = "diffusers"  # what to choose from the listing when files is None: diffusers | open_clip
 
     @property
     def ref(self) -> str:

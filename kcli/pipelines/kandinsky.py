@@ -65,6 +65,7 @@ class Settings:
     sampler: str | None = None  # None: the decoder checkpoint's own; or ddpm, ddim, dpm++2m, dpm++2m-karras
     tile: bool | None = None  # MoVQ decode in tiles; None: only for large pictures
     best_of: int = 1  # make this many candidates per image and keep the one CLIP finds closest to the prompt
+                      # (the prior's CLIP, or the scorer given to Kandinsky.use_scorer)
     prior_mode: str = "diffusion"  # diffusion | linear (a fitted map, linear_prior) | none (CLIP text as is)
     linear_prior: str | None = None  # a file made by `kandinsky prior fit`
 
@@ -108,6 +109,24 @@ class Kandinsky:
         self.prior, self.decoder, self.device, self.dtype = prior, decoder, device, dtype
         self.placement = decoder.placement
         self._linear_priors: dict = {}
+        self.scorer = None  # what ranks best_of candidates: None is the prior's own CLIP
+
+    def use_scorer(self, scorer) -> None:
+        """Rank best_of candidates with ``scorer`` (a ``kcli.pipelines.scoring.Scorer``) instead of the prior's
+        CLIP. Under offload it waits in CPU memory and visits the GPU only to score (load it on the CPU)."""
+        self.scorer = scorer
+
+    @property
+    def scored_by(self) -> str:
+        return f"open_clip {self.scorer.name}" if self.scorer is not None else "the prior's CLIP"
+
+    def _score(self, image, prompt: str) -> float:
+        if self.scorer is None:
+            return self.prior.clip_score(image, prompt)
+        if self.placement.mode == "none":
+            return self.scorer(image, prompt)
+        with self.placement._model.on(self.scorer.clip.model):  # the scorer's own attention reads weights
+            return self.scorer(image, prompt)                   # directly, so it is never streamed
 
     @classmethod
     def load(cls, opts: LoadOptions, on_progress: Progress | None = None) -> Kandinsky:
@@ -239,7 +258,7 @@ class Kandinsky:
                 continue
             tries = [self._image(replace(settings, seed=base + i * n + j, num_images=1, best_of=1), size, make,
                                  report) for j in range(n)]
-            scores = [self.prior.clip_score(r.image, settings.prompt) for r in tries]
+            scores = [self._score(r.image, settings.prompt) for r in tries]
             best = tries[max(range(n), key=scores.__getitem__)]
             best.score, best.candidates = max(scores), [(r.seed, sc) for r, sc in zip(tries, scores)]
             yield best

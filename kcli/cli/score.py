@@ -1,0 +1,141 @@
+"""``kandinsky score``: how well pictures match their prompts, by an open_clip model's cosine similarity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from kcli.cli import app
+from kcli.cli.errors import user_errors
+from kcli.cli.output import IMAGE_SUFFIXES
+from kcli.loading.errors import KandinskyError
+
+DEFAULT_CLIP_MODEL = "ViT-L-14/openai"  # kcli.models.openclip.DEFAULT, without importing torch at start-up
+
+
+def default_clip_model() -> str:
+    """The user config's ``clip_model``, else ViT-L/14 with OpenAI's weights."""
+    from kcli.cli import config
+
+    return config.layered(None)[0].get("clip_model") or DEFAULT_CLIP_MODEL
+
+
+def expand(items: list[Path]) -> list[Path]:
+    """Files as given; a folder stands for its pictures, sorted by name."""
+    found = []
+    for item in items:
+        if item.is_dir():
+            inside = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise KandinskyError(f"{item} has no pictures (.png, .jpg, .webp)")
+            found += inside
+        else:
+            found.append(item)
+    return found
+
+
+def recorded_prompt(path: Path) -> str:
+    """The prompt an image carries: kandinsky's own metadata, else an AUTOMATIC1111-style ``parameters`` text."""
+    from kcli.cli import metadata
+
+    try:
+        prompt = metadata.read(path).get("settings", {}).get("prompt")
+    except KandinskyError as e:
+        if "does not exist" in str(e) or "cannot be read" in str(e):
+            raise
+        prompt = None
+        text = metadata.parameters(path)
+        if text:
+            lines = text.splitlines()
+            if lines and "Steps: " in lines[-1]:
+                lines = lines[:-1]
+            cut = next((i for i, line in enumerate(lines) if line.startswith("Negative prompt:")), len(lines))
+            prompt = "\n".join(lines[:cut]).strip() or None
+    if not prompt:
+        raise KandinskyError(f"{path} records no prompt: give --prompt or --prompts")
+    return prompt
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def prompts_for(images: list[Path], prompt: str | None, prompts_file: Path | None) -> list[str]:
+    if prompt is not None and prompts_file is not None:
+        raise KandinskyError("give either --prompt or --prompts, not both")
+    if prompt is not None:
+        if not prompt.strip():
+            raise KandinskyError("the prompt is empty")
+        return [prompt] * len(images)
+    if prompts_file is not None:
+        try:
+            lines = [line.strip() for line in prompts_file.read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError):
+            raise KandinskyError(f"cannot read prompts file {prompts_file}") from None
+        lines = [line for line in lines if line]
+        if len(lines) != len(images):
+            raise KandinskyError(f"{prompts_file} has {len(lines)} prompt(s) for {len(images)} picture(s): "
+                                 "one line per picture, in order")
+        return lines
+    return [recorded_prompt(p) for p in images]
+
+
+@app.command()
+def score(
+    images: Annotated[Optional[list[Path]], typer.Argument(help="Pictures, or folders of pictures.",
+                                                           show_default=False)] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="The text every picture is scored "
+                                                  "against (default: the prompt each picture records).")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option("--prompts", help="A text file, one prompt per "
+                                                         "picture in order.")] = None,
+    clip_model: Annotated[Optional[str], typer.Option("--clip-model", help="open_clip model: ARCH/TAG "
+                                                      "(default ViT-L-14/openai), a hub id or a folder.")] = None,
+    sort: Annotated[bool, typer.Option("--sort", help="Best first.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per picture on stdout.")] = False,
+    list_models: Annotated[bool, typer.Option("--list-models", help="List open_clip's ARCH/TAG names and "
+                                              "exit.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never contact the network.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="fp32, fp16 or bf16.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and results.")] = False,
+) -> None:
+    """CLIP score of each picture against its prompt: the cosine similarity of their open_clip embeddings.
+
+    Needs the open_clip_torch package: pip install "kandinsky-cli[score]".
+    """
+    from kcli.cli import render
+
+    with user_errors():
+        if list_models:
+            from kcli.models.openclip import pretrained_names
+
+            for name in pretrained_names():
+                typer.echo(name)
+            return
+        if not images:
+            raise KandinskyError("no pictures: give files or folders to score")
+        paths = expand(images)
+        texts = prompts_for(paths, prompt, prompts_file)
+        from kcli.pipelines.images import load_image
+        from kcli.pipelines.scoring import Scorer
+
+        pictures = [load_image(p) for p in paths]
+        name = clip_model or default_clip_model()
+        with render.DownloadView(quiet) as progress:
+            scorer = Scorer.load(name, device=device, dtype=dtype, offline=offline, progress=progress)
+        with render.ProgressView(quiet or as_json) as view:
+            scores = scorer.score(pictures, texts, on_progress=view)
+        rows = list(zip(paths, texts, scores))
+        if sort:
+            rows.sort(key=lambda r: -r[2])
+        if as_json:
+            for path, text, value in rows:
+                typer.echo(json.dumps({"image": str(path), "prompt": text, "score": value, "model": scorer.name},
+                                      ensure_ascii=False))
+            return
+        render.table(["score", "image", "prompt"], [[f"{v:.4f}", str(p), _clip(t, 60)] for p, t, v in rows],
+                     title=f"CLIP score (cosine similarity), open_clip {scorer.name}")
