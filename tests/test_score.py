@@ -172,6 +172,7 @@ def test_best_of_with_the_open_clip_scorer_keeps_the_top_candidate(prior22, deco
     ("not-a-model-folder", "has no open_clip_model.safetensors"),
     ("both-prompt-sources", "give either --prompt or --prompts, not both"),
     ("no-open-clip", 'pip install "kandinsky-cli[score]"'),
+    ("torchvision-for-another-torch", "torchvision must match torch; reinstall both"),
     ("best-of-bad-scorer", "unknown scorer 'clip': use prior or openclip"),
 ])
 def test_bad_inputs_end_with_one_line(case, expect, clip_model, photos, tmp_path, prior22, decoder22):
@@ -188,7 +189,10 @@ def test_bad_inputs_end_with_one_line(case, expect, clip_model, photos, tmp_path
         "unknown-tag": (["score", photos / "a.png", "-p", "x", "--clip-model", "ViT-L-14/nope"], None),
         "not-a-model-folder": (["score", photos / "a.png", "-p", "x", "--clip-model", tmp_path / "empty"], None),
         "both-prompt-sources": (["score", photos / "a.png", "-p", "x", "--prompts", prompts, *model], None),
-        "no-open-clip": (["score", photos / "a.png", "-p", "x", *model], {"PYTHONPATH": str(_no_open_clip(tmp_path))}),
+        "no-open-clip": (["score", photos / "a.png", "-p", "x", *model],
+                         {"PYTHONPATH": str(_shadow_open_clip(tmp_path, "ImportError(\"No module named 'open_clip'\")"))}),
+        "torchvision-for-another-torch": (["score", photos / "a.png", "-p", "x", *model], {"PYTHONPATH": str(
+            _shadow_open_clip(tmp_path, "RuntimeError('operator torchvision::nms does not exist')"))}),
         "best-of-bad-scorer": (["generate", "x", "--prior", prior22, "--decoder", decoder22, "--best-of", 2,
                                 "--scorer", "clip", "-o", tmp_path / "x.png"], None),
     }[case]
@@ -196,9 +200,10 @@ def test_bad_inputs_end_with_one_line(case, expect, clip_model, photos, tmp_path
     assert not (tmp_path / "x.png").exists()
 
 
-def _no_open_clip(tmp_path):
-    """A folder that, put first on PYTHONPATH, makes ``import open_clip`` fail as if it were not installed."""
-    shadow = tmp_path / "shadow" / "open_clip"
+def _shadow_open_clip(tmp_path, error: str):
+    """A folder that, put first on PYTHONPATH, makes ``import open_clip`` raise ``error``: as if it were not
+    installed (ImportError), or installed with a torchvision built for another torch (RuntimeError)."""
+    shadow = tmp_path / f"shadow-{error.split('(')[0]}" / "open_clip"
     shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'open_clip'\")\n")
+    (shadow / "__init__.py").write_text(f"raise {error}\n")
     return shadow.parent

@@ -35,6 +35,10 @@ def import_open_clip():
         import open_clip
     except ImportError as e:
         raise KandinskyError(f"{INSTALL_HINT} ({e})") from None
+    except Exception as e:  # noqa: BLE001 -- typically torchvision built for another torch than the one installed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise KandinskyError(f"open_clip cannot be imported ({type(e).__name__}: {first}): torchvision must match "
+                             f'torch; reinstall both with pip install "kandinsky-cli[score]"') from None
     logging.getLogger("open_clip").setLevel(logging.ERROR)
     return open_clip
 
