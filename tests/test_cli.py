@@ -22,7 +22,8 @@ def run(*args, cwd=None, home=None):
 
 
 def one_line_error(proc) -> str:
-    assert proc.returncode != 0
+    """The single ``error:`` line of a failed run, which must not show a traceback."""
+    assert proc.returncode != 0, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr

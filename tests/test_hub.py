@@ -17,6 +17,7 @@ import hubserver
 import numpy as np
 import pytest
 from PIL import Image
+from test_cli import one_line_error
 
 from kcli.loading import download, hub
 from kcli.loading.errors import CheckpointError
@@ -54,14 +55,6 @@ def kandinsky(*args, env=None):
     """`kandinsky ARGS` as a user runs it, with the test's environment."""
     return subprocess.run([sys.executable, "-m", "kcli", *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=300)
-
-
-def one_line_error(proc) -> str:
-    assert proc.returncode != 0, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
 
 
 def tiny_repos():

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cli import one_line_error
 
 from kcli.cli import metadata
 
@@ -26,14 +27,6 @@ def kandinsky(*args, env=None, home=None):
         full["KANDINSKY_HOME"] = str(home)
     return subprocess.run([sys.executable, "-m", "kcli", *map(str, args)], capture_output=True, text=True,
                           env=full, timeout=300)
-
-
-def one_line_error(proc) -> str:
-    assert proc.returncode != 0, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
 
 
 @pytest.fixture(scope="session")
