@@ -60,14 +60,14 @@ def test_json_output_is_one_object_per_image(models, tmp_path):
 
 def test_info_shows_what_generate_wrote_and_from_reproduces_it(models, tmp_path):
     first = tmp_path / "first.png"
-    proc = run("generate", "a red cat", *models, *TINY, "--seed", 11, "--negative", "rain", "-o", first)
+    proc = run("generate", "a [red] cat", *models, *TINY, "--seed", 11, "--negative", "rain [heavy]", "-o", first)
     assert proc.returncode == 0, proc.stderr
     info = run("info", first, "--json")
     meta = json.loads(info.stdout)
     assert meta == meta_of(first)
-    assert meta["settings"]["prompt"] == "a red cat" and meta["settings"]["seed"] == 11
+    assert meta["settings"]["prompt"] == "a [red] cat" and meta["settings"]["seed"] == 11
     text = run("info", first).stdout
-    assert "a red cat" in text and "rain" in text and "64x64" in text
+    assert "a [red] cat" in text and "rain [heavy]" in text and "64x64" in text  # brackets are not markup
     assert "Seed: 11" in Image.open(first).info["parameters"]
 
     again = tmp_path / "again.png"
@@ -76,7 +76,7 @@ def test_info_shows_what_generate_wrote_and_from_reproduces_it(models, tmp_path)
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
     changed = tmp_path / "changed.png"
     proc = run("generate", "--from", first, "--seed", 12, "-o", changed)
-    assert meta_of(changed)["settings"]["seed"] == 12 and meta_of(changed)["settings"]["negative"] == "rain"
+    assert meta_of(changed)["settings"]["seed"] == 12 and meta_of(changed)["settings"]["negative"] == "rain [heavy]"
 
 
 def test_precedence_defaults_config_preset_flags(models, tmp_path):
@@ -138,7 +138,7 @@ def test_ctrl_c_keeps_finished_images_and_leaves_no_partial_file(models, tmp_pat
 
 
 @pytest.mark.parametrize("args", [["--help"], ["generate", "--help"], ["info", "--help"], ["models", "--help"],
-                                  ["config", "path"]])
+                                  ["score", "--help"], ["config", "path"]])
 def test_start_up_does_not_import_torch(args):
     code = ("import sys; from typer.testing import CliRunner; from kcli.cli import app; "
             f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; print('torch' in sys.modules)")

@@ -77,7 +77,7 @@ FLAGS = {
     "best_of": _opt("--best-of", min=1, panel=SAMPLING,
                     help="Make N candidates per image and keep the one CLIP finds closest to the prompt (--scorer)."),
     "scorer": _opt("--scorer", panel=SAMPLING, help="What ranks --best-of candidates: prior (its own CLIP) or "
-                   "openclip (an open_clip model, --clip-model; needs the [score] extra)."),
+                   "openclip (an open_clip model, --clip-model; needs the \\[score] extra)."),
     "clip_model": _opt("--clip-model", panel=SAMPLING, help="The open_clip model for --scorer openclip (implies it): "
                        "ARCH/TAG (default ViT-L-14/openai), a hub id or a folder."),
     "sampler": _opt("--sampler", panel=SAMPLING,

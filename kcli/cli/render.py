@@ -115,9 +115,10 @@ class ProgressView:
 
 def table(columns: list[str], rows: list[list[str]], title: str | None = None) -> None:
     """A borderless table on stdout (no colours when stdout is not a terminal)."""
-    t = Table(*columns, title=title, box=None, pad_edge=False, header_style="bold", title_justify="left")
+    t = Table(*columns, title=escape(title) if title else None, box=None, pad_edge=False, header_style="bold",
+              title_justify="left")
     for row in rows:
-        t.add_row(*row)
+        t.add_row(*map(escape, row))
     out_console().print(t, highlight=False)
 
 
@@ -197,17 +198,17 @@ def summary(outcomes) -> None:
     colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
     for o in outcomes:
         where = ", ".join(p.name for p in o.paths) if o.paths else (o.error or "")
-        t.add_row(str(o.job.line), _short(o.job.prompt or "", 40), f"[{colour[o.status]}]{o.status}[/]",
-                  _short(where, 60), f"{o.seconds:.1f}")
+        t.add_row(str(o.job.line), escape(_short(o.job.prompt or "", 40)), f"[{colour[o.status]}]{o.status}[/]",
+                  escape(_short(where, 60)), f"{o.seconds:.1f}")
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
     err_console().print(t)
     err_console().print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)
 
 
 def key_values(title: str, rows: list[tuple[str, str]]) -> None:
-    t = Table(show_header=False, title=title, box=None, pad_edge=False, title_justify="left")
+    t = Table(show_header=False, title=escape(title), box=None, pad_edge=False, title_justify="left")
     for k, v in rows:
-        t.add_row(f"[bold]{k}[/]", str(v))
+        t.add_row(f"[bold]{escape(str(k))}[/]", escape(str(v)))
     out_console().print(t)
 
 

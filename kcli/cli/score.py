@@ -105,7 +105,7 @@ def score(
 ) -> None:
     """CLIP score of each picture against its prompt: the cosine similarity of their open_clip embeddings.
 
-    Needs the open_clip_torch package: pip install "kandinsky-cli[score]".
+    Needs the open_clip_torch package: pip install "kandinsky-cli\\[score]".
     """
     from kcli.cli import render
 
