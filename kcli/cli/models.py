@@ -130,7 +130,7 @@ def info(name: Name) -> None:
                 f"download {_known([repo], detail=True)}, cached: {status}"
                 + (f" ({render.human_size(used)})" if used else ""), highlight=False)
             if state.snapshot is not None:
-                render.out_console().print(f"  {state.snapshot}", highlight=False)
+                render.out_console().print(f"  {render.escape(str(state.snapshot))}", highlight=False)
             files = repo.files
             if files is None and state.commit:
                 from kcli.loading.registry import FileSpec
@@ -184,8 +184,8 @@ def verify(name: Name) -> None:
                 checks += download.verify(repo, view)
         bad = [c for c in checks if not c.ok]
         for c in bad:
-            render.err_console().print(f"[red]FAILED[/] {c.repo.id}/{c.path}: {c.reason}", highlight=False,
-                                       soft_wrap=True)
+            render.err_console().print(f"[red]FAILED[/] {render.escape(f'{c.repo.id}/{c.path}: {c.reason}')}",
+                                       highlight=False, soft_wrap=True)
         if bad:
             pulled = model.name if model is not None else owner(repos[0])
             damaged = sum(c.reason != "missing" for c in bad)

@@ -82,7 +82,7 @@ class ProgressView:
             return
         self.job_prefix = f"job {index}/{count} "
         if self._progress is None:
-            self.console.print(f"job {index}/{count}: {_short(prompt, 60)}", highlight=False)
+            self.console.print(f"job {index}/{count}: {escape(_short(prompt, 60))}", highlight=False)
             return
         if "batch" not in self._tasks:
             self._tasks["batch"] = self._progress.add_task("batch", total=count, rate="")
@@ -159,7 +159,7 @@ class DownloadView:
         if self.quiet:
             return
         already = f", {human_size(cached)} already in the cache" if cached else ""
-        self.console.print(f"{self.verb} {what}: {human_size(todo)} ({files} files{already}) into {folder}",
+        self.console.print(escape(f"{self.verb} {what}: {human_size(todo)} ({files} files{already}) into {folder}"),
                            highlight=False, soft_wrap=True)
 
     def started(self, name: str, size: int, done: int) -> None:
