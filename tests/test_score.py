@@ -200,3 +200,26 @@ def _shadow_open_clip(tmp_path, error: str):
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text(f"raise {error}\n")
     return shadow.parent
+
+
+def test_a_repository_without_config_is_built_from_open_clips_own_config_and_tag(clip_model, photos, tmp_path):
+    """open_clip's ARCH/TAG names carry the architecture and preprocessing themselves: a hub copy holding only
+    the weights is built from them (here a tiny architecture registered with open_clip under a new name)."""
+    import open_clip
+    import tiny
+
+    from kcli.models.openclip import OpenCLIP, Source
+
+    arch = tmp_path / "kcli-tiny-test-arch.json"
+    arch.write_text(json.dumps({k: v for k, v in tiny.OPEN_CLIP_CONFIG["model_cfg"].items() if k != "quick_gelu"}))
+    open_clip.add_model_config(arch)
+    weights_only = tmp_path / "snapshot"
+    weights_only.mkdir()
+    (weights_only / "open_clip_model.safetensors").symlink_to(clip_model / "open_clip_model.safetensors")
+    tag = {**tiny.OPEN_CLIP_CONFIG["preprocess_cfg"], "quick_gelu": True}
+    clip = OpenCLIP.load(Source("kcli-tiny-test-arch/x", arch="kcli-tiny-test-arch", tag_config=tag), weights_only)
+    image = Image.open(photos / "b.jpg").convert("RGB")
+    ours = float((clip.images([image]) * clip.texts(["a blue circle"])).sum())
+    assert abs(ours - by_hand(clip_model, photos / "b.jpg", "a blue circle")) < 1e-5
+    wrong = OpenCLIP.load(Source("kcli-tiny-test-arch/x", arch="kcli-tiny-test-arch", tag_config={}), weights_only)
+    assert abs(float((wrong.images([image]) * wrong.texts(["a blue circle"])).sum()) - ours) > 1e-4  # GELU matters

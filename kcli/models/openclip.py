@@ -88,6 +88,21 @@ def locate(name: str) -> Source:
 
 
 @contextlib.contextmanager
+def _no_init():
+    """Skip the random initialisation of a model whose every weight is then loaded (strictly) from a file: it is
+    most of open_clip's build time (2.4 s of 2.9 s for ViT-L/14 on a CPU)."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    for n in names:
+        setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(nn.init, n, f)
+
+
+@contextlib.contextmanager
 def _quiet():
     """open_clip logs to the root logger and warns freely; the CLI speaks for itself."""
     import warnings
@@ -125,7 +140,7 @@ class OpenCLIP(nn.Module):
                                       f"{folder} has several .safetensors files: name one {WEIGHTS}")
             weights = found[0]
         try:
-            with _quiet():
+            with _quiet(), _no_init():
                 if (folder / CONFIG).is_file():
                     spec = f"local-dir:{folder}"
                     model = open_clip.create_model(spec, load_weights=False, pretrained_text=False)
