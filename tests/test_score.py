@@ -160,6 +160,7 @@ def test_best_of_with_the_open_clip_scorer_keeps_the_top_candidate(prior22, deco
     ("prompt-count", "has 1 prompt(s) for 3 picture(s)"),
     ("empty-folder", "has no pictures"),
     ("missing-image", "does not exist"),
+    ("not-an-image", "broken.png cannot be read as an image"),
     ("unknown-model", "unknown CLIP model 'no-such-model'"),
     ("unknown-tag", "names no pretrained ViT-L-14: known are ViT-L-14/openai"),
     ("not-a-model-folder", "has no open_clip_model.safetensors"),
@@ -172,12 +173,14 @@ def test_bad_inputs_end_with_one_line(case, expect, clip_model, photos, tmp_path
     (tmp_path / "empty").mkdir()
     prompts = tmp_path / "p.txt"
     prompts.write_text("only one\n")
+    (tmp_path / "broken.png").write_text("not a picture")
     model = ["--clip-model", clip_model]
     args, env = {
         "no-prompt": (["score", photos / "a.png", *model], None),
         "prompt-count": (["score", photos, "--prompts", prompts, *model], None),
         "empty-folder": (["score", tmp_path / "empty", "-p", "x", *model], None),
         "missing-image": (["score", tmp_path / "nope.png", "-p", "x", *model], None),
+        "not-an-image": (["score", photos / "a.png", tmp_path / "broken.png", "-p", "x", *model], None),
         "unknown-model": (["score", photos / "a.png", "-p", "x", "--clip-model", "no-such-model"], None),
         "unknown-tag": (["score", photos / "a.png", "-p", "x", "--clip-model", "ViT-L-14/nope"], None),
         "not-a-model-folder": (["score", photos / "a.png", "-p", "x", "--clip-model", tmp_path / "empty"], None),

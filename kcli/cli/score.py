@@ -37,6 +37,21 @@ def expand(items: list[Path]) -> list[Path]:
     return found
 
 
+def readable(path: Path) -> None:
+    """A picture file PIL recognises (its header only: cheap for a folder of thousands)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            pass
+    except FileNotFoundError:
+        raise KandinskyError(f"image {path} does not exist") from None
+    except IsADirectoryError:
+        raise KandinskyError(f"image {path} is a folder, not an image") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise KandinskyError(f"image {path} cannot be read as an image ({type(e).__name__})") from None
+
+
 def recorded_prompt(path: Path) -> str:
     """The prompt an image carries: kandinsky's own metadata, else an AUTOMATIC1111-style ``parameters`` text."""
     from kcli.cli import metadata
@@ -120,15 +135,15 @@ def score(
             raise KandinskyError("no pictures: give files or folders to score")
         paths = expand(images)
         texts = prompts_for(paths, prompt, prompts_file)
-        from kcli.pipelines.images import load_image
+        for path in paths:  # before the model loads; the pixels are read later, a batch at a time
+            readable(path)
         from kcli.pipelines.scoring import Scorer
 
-        pictures = [load_image(p) for p in paths]
         name = clip_model or default_clip_model()
         with render.DownloadView(quiet) as progress:
             scorer = Scorer.load(name, device=device, dtype=dtype, offline=offline, progress=progress)
         with render.ProgressView(quiet or as_json) as view:
-            scores = scorer.score(pictures, texts, on_progress=view)
+            scores = scorer.score(paths, texts, on_progress=view)
         rows = list(zip(paths, texts, scores))
         if sort:
             rows.sort(key=lambda r: -r[2])

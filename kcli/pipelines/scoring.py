@@ -15,7 +15,7 @@ import torch
 from kcli.loading import download
 from kcli.models.openclip import DEFAULT, OpenCLIP, locate
 from kcli.pipelines.devices import resolve_device, resolve_dtype
-from kcli.pipelines.images import rgb
+from kcli.pipelines.images import load_image, rgb
 
 BATCH = 16
 
@@ -43,7 +43,8 @@ class Scorer:
         return self.clip.name
 
     def score(self, pictures: Sequence, prompts: Sequence[str], on_progress=None) -> list[float]:
-        """One score per (picture, prompt) pair."""
+        """One score per (picture, prompt) pair. Pictures are PIL images or paths; paths are read a batch at a
+        time, so a folder of thousands takes the memory of one batch."""
         if len(pictures) != len(prompts):
             raise ValueError("one prompt per picture")
         distinct = list(dict.fromkeys(prompts))
@@ -51,7 +52,8 @@ class Scorer:
         row = {p: i for i, p in enumerate(distinct)}
         scores: list[float] = []
         for i in range(0, len(pictures), BATCH):
-            images = self.clip.images([rgb(p) for p in pictures[i:i + BATCH]])
+            images = self.clip.images([rgb(p if hasattr(p, "convert") else load_image(p))
+                                       for p in pictures[i:i + BATCH]])
             wanted = texts[[row[p] for p in prompts[i:i + BATCH]]]
             scores += (images * wanted).sum(-1).tolist()
             if on_progress:
