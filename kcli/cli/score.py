@@ -37,21 +37,6 @@ def expand(items: list[Path]) -> list[Path]:
     return found
 
 
-def readable(path: Path) -> None:
-    """A picture file PIL recognises (its header only: cheap for a folder of thousands)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path):
-            pass
-    except FileNotFoundError:
-        raise KandinskyError(f"image {path} does not exist") from None
-    except IsADirectoryError:
-        raise KandinskyError(f"image {path} is a folder, not an image") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise KandinskyError(f"image {path} cannot be read as an image ({type(e).__name__})") from None
-
-
 def recorded_prompt(path: Path) -> str:
     """The prompt an image carries: kandinsky's own metadata, else an AUTOMATIC1111-style ``parameters`` text."""
     from kcli.cli import metadata
@@ -135,9 +120,11 @@ def score(
             raise KandinskyError("no pictures: give files or folders to score")
         paths = expand(images)
         texts = prompts_for(paths, prompt, prompts_file)
-        for path in paths:  # before the model loads; the pixels are read later, a batch at a time
-            readable(path)
+        from kcli.pipelines.images import load_image
         from kcli.pipelines.scoring import Scorer
+
+        for path in paths:  # before the model loads; the pixels are read later, a batch at a time
+            load_image(path, header_only=True)
 
         name = clip_model or default_clip_model()
         with render.DownloadView(quiet) as progress:

@@ -54,8 +54,9 @@ def center_crop(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 # ---- inputs -------------------------------------------------------------------------------------------
 
-def load_image(path, what: str = "image"):
-    """An RGB(A) picture from disk, EXIF rotation applied. Errors name the file."""
+def load_image(path, what: str = "image", header_only: bool = False):
+    """An RGB(A) picture from disk, EXIF rotation applied. Errors name the file. ``header_only`` checks that
+    the file is a picture PIL reads, cheaply, and returns None."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     from kcli.loading.errors import KandinskyError
@@ -63,6 +64,8 @@ def load_image(path, what: str = "image"):
     p = str(path)
     try:
         with Image.open(p) as im:
+            if header_only:
+                return None
             im.load()
             im = ImageOps.exif_transpose(im)
     except FileNotFoundError:
