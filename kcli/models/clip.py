@@ -38,6 +38,29 @@ def _load(what: str, folder: Path, loader):
         raise CheckpointError(f"cannot load {what} from {folder}: {msg}") from None
 
 
+def text_model(config: dict):
+    """``CLIPTextModelWithProjection`` built from a ``text_encoder/config.json`` dict, on the current device
+    (the caller builds on ``meta`` and assigns the weights)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig.from_dict(_plain(config))
+    cfg._attn_implementation = "sdpa"
+    return CLIPTextModelWithProjection(cfg)
+
+
+def vision_model(config: dict):
+    """``CLIPVisionModelWithProjection`` built from an ``image_encoder/config.json`` dict (see text_model)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg = CLIPVisionConfig.from_dict(_plain(config))
+    cfg._attn_implementation = "sdpa"
+    return CLIPVisionModelWithProjection(cfg)
+
+
+def _plain(config: dict) -> dict:
+    return {k: v for k, v in config.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")}
+
+
 class CLIPText(nn.Module):
     """Prompt -> (pooled and projected embedding (B, D), last hidden state (B, 77, D), token mask (B, 77))."""
 
