@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+
+FP32 = torch.float32
 
 
 def pil_image_processor(folder: Path):
@@ -24,8 +27,9 @@ def _prior_parts(prior: Path) -> dict:
 
     return {
         "prior_prior": PriorTransformer.from_pretrained(prior / "prior"),
-        "prior_image_encoder": CLIPVisionModelWithProjection.from_pretrained(prior / "image_encoder"),
-        "prior_text_encoder": CLIPTextModelWithProjection.from_pretrained(prior / "text_encoder"),
+        # fp32 on the CPU, as the tests run ours (transformers 5 would keep the stored fp16 of the 2.2 encoder)
+        "prior_image_encoder": CLIPVisionModelWithProjection.from_pretrained(prior / "image_encoder", dtype=FP32),
+        "prior_text_encoder": CLIPTextModelWithProjection.from_pretrained(prior / "text_encoder", dtype=FP32),
         "prior_tokenizer": CLIPTokenizer.from_pretrained(prior / "tokenizer"),
         "prior_scheduler": UnCLIPScheduler.from_pretrained(prior / "scheduler"),
         "prior_image_processor": pil_image_processor(prior / "image_processor"),

@@ -159,14 +159,14 @@ def test_scheduler_config_errors(change):
 @pytest.fixture(scope="module")
 def pipelines(prior22, priors):
     from diffusers import KandinskyV22PriorPipeline, UnCLIPScheduler
-    from oracle import pil_image_processor
+    from oracle import FP32, pil_image_processor
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
     tokenizer = CLIPTokenizer.from_pretrained(prior22 / "tokenizer")
-    text_encoder = CLIPTextModelWithProjection.from_pretrained(prior22 / "text_encoder").eval()
+    text_encoder = CLIPTextModelWithProjection.from_pretrained(prior22 / "text_encoder", dtype=FP32).eval()
     ref = KandinskyV22PriorPipeline(
         prior=priors[1],
-        image_encoder=CLIPVisionModelWithProjection.from_pretrained(prior22 / "image_encoder"),
+        image_encoder=CLIPVisionModelWithProjection.from_pretrained(prior22 / "image_encoder", dtype=FP32),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         scheduler=UnCLIPScheduler.from_pretrained(prior22 / "scheduler"),

@@ -27,26 +27,77 @@ def _byte_chars() -> list[str]:
     return [chr(c) for c in codes]
 
 
-def write_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> None:
-    """A CLIP BPE tokenizer over the 256 byte characters, no merges: every character is a token."""
-    from transformers import CLIPTokenizer
+def _added_token(content: str, lstrip: bool = False) -> dict:
+    """A special token as tokenizer_config.json files of 2023 spell it (transformers < 4.30)."""
+    return {"content": content, "single_word": False, "lstrip": lstrip, "rstrip": False, "normalized": True,
+            "__type": "AddedToken"}
 
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> None:
+    """A CLIP BPE tokenizer over the 256 byte characters, no merges: every character is a token.
+
+    Written as the hub's prior repositories hold theirs: ``vocab.json`` + ``merges.txt`` with the old
+    ``tokenizer_config.json`` (AddedToken dicts carrying ``"__type"``) and ``special_tokens_map.json``, and no
+    ``tokenizer.json`` (today's transformers writes only that).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     chars = _byte_chars()
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = 512
     vocab["<|endoftext|>"] = 513  # the largest id, as in the real vocab: pooling takes the first argmax
-    src = folder / "_src"
-    src.mkdir(exist_ok=True)
-    (src / "vocab.json").write_text(json.dumps(vocab))
-    (src / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(src / "vocab.json"), str(src / "merges.txt"), pad_token=pad_token)
-    tok.model_max_length = 77
-    tok.save_pretrained(folder)
-    for f in src.iterdir():
-        f.unlink()
-    src.rmdir()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    specials = {"bos_token": _added_token("<|startoftext|>"), "eos_token": _added_token("<|endoftext|>"),
+                "unk_token": _added_token("<|endoftext|>"), "pad_token": pad_token}
+    _write_json(folder / "tokenizer_config.json", {
+        **specials, "add_prefix_space": False, "errors": "replace", "do_lower_case": True,
+        "model_max_length": 77, "name_or_path": "openai/clip-vit-large-patch14",
+        "special_tokens_map_file": "./special_tokens_map.json", "tokenizer_class": "CLIPTokenizer",
+    })
+    _write_json(folder / "special_tokens_map.json", {
+        k: {f: x for f, x in v.items() if f != "__type"} if isinstance(v, dict) else v for k, v in specials.items()
+    })
+
+
+OLD_PREPROCESSOR = {  # image_processor/preprocessor_config.json of both priors: flat sizes, the old class name
+    "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224,
+}
+
+
+def as_hub_file(folder: Path, dtype: torch.dtype | None = None, token_type_ids: bool = False) -> None:
+    """Re-save a transformers component (``text_encoder/``, ``image_encoder/``) as the 2023 hub files are:
+    with the int64 ``position_ids`` buffer (1, n) of every embeddings module (and ``token_type_ids`` when
+    asked), floating tensors in ``dtype`` (the 2.2 image encoder is fp16), and an old ``config.json``."""
+    import re
+
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    for key, value in list(tensors.items()):
+        m = re.fullmatch(r"(.*embeddings)\.position_embeddings?\.weight", key)
+        if m:
+            n = value.shape[0]
+            tensors[f"{m[1]}.position_ids"] = torch.arange(n, dtype=torch.long)[None]
+            if token_type_ids:
+                tensors[f"{m[1]}.token_type_ids"] = torch.zeros(1, n, dtype=torch.long)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file(tensors, path, metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config["transformers_version"] = "4.30.0.dev0"
+    if dtype is not None:
+        config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    config.pop("dtype", None)
+    _write_json(folder / "config.json", config)
 
 
 PRIOR_PARTS = {  # model_index.json of the kandinsky-2-x-prior repos
@@ -74,7 +125,6 @@ def make_prior_22(folder: Path, seed: int = 0, embed_dim: int = 32) -> Path:
     """A tiny ``kandinsky-2-2-prior``: prior, CLIP text and image encoders, tokenizer, image processor, scheduler."""
     from diffusers import PriorTransformer, UnCLIPScheduler
     from transformers import (
-        CLIPImageProcessor,
         CLIPTextConfig,
         CLIPTextModelWithProjection,
         CLIPVisionConfig,
@@ -107,11 +157,9 @@ def make_prior_22(folder: Path, seed: int = 0, embed_dim: int = 32) -> Path:
     )
     vision.save_pretrained(folder / "image_encoder")
     write_clip_tokenizer(folder / "tokenizer")
-    CLIPImageProcessor(
-        crop_size=224, do_center_crop=True, do_normalize=True, do_resize=True,
-        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
-        resample=3, size=224,
-    ).save_pretrained(folder / "image_processor")
+    _write_json(folder / "image_processor" / "preprocessor_config.json", OLD_PREPROCESSOR)
+    as_hub_file(folder / "text_encoder")
+    as_hub_file(folder / "image_encoder", dtype=torch.float16)  # stored fp16 beside an fp32 text encoder
     UnCLIPScheduler(
         variance_type="fixed_small_log", prediction_type="sample", num_train_timesteps=1000,
         clip_sample=True, clip_sample_range=10.0,
@@ -198,7 +246,15 @@ def write_xlmr_tokenizer(folder: Path) -> None:
     (folder / "sentencepiece.bpe.model").write_bytes(model.getvalue())
     tok = XLMRobertaTokenizer.from_pretrained(str(folder))  # converts the sentencepiece model
     tok.model_max_length = 512
-    tok.save_pretrained(folder)
+    tok.save_pretrained(folder)  # tokenizer.json, as on the hub; the configs below are the hub's old ones
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
+                "pad_token": "<pad>", "cls_token": "<s>", "mask_token": _added_token("<mask>", lstrip=True)}
+    _write_json(folder / "tokenizer_config.json", {
+        **specials, "model_max_length": 512, "name_or_path": "M-CLIP/XLM-Roberta-Large-Vit-L-14",
+        "special_tokens_map_file": None, "tokenizer_class": "XLMRobertaTokenizer",
+    })
+    specials["mask_token"] = {k: v for k, v in specials["mask_token"].items() if k != "__type"}
+    _write_json(folder / "special_tokens_map.json", specials)
 
 
 def make_prior_21(folder: Path, seed: int = 0, embed_dim: int = 24) -> Path:
@@ -211,9 +267,11 @@ def make_prior_21(folder: Path, seed: int = 0, embed_dim: int = 24) -> Path:
         inner = config.get("text_config") or config
         inner["hidden_act"] = "quick_gelu"
         config["hidden_act"] = "quick_gelu"
+        config.pop("torch_dtype", None)
         torch.manual_seed(seed + 5)
         model = cls(cls.config_class.from_dict(config))
         model.save_pretrained(folder / sub)
+        as_hub_file(folder / sub)  # the 2.1 prior's encoders are fp32 with their position_ids
     import shutil
 
     shutil.rmtree(folder / "tokenizer")
@@ -255,6 +313,7 @@ def make_decoder_21(folder: Path, seed: int = 0, embed_dim: int = 24, in_channel
         numDims=embed_dim, transformerDimensions=20, hidden_size=20, intermediate_size=37, num_attention_heads=4,
         num_hidden_layers=2, vocab_size=200, max_position_embeddings=100,
     )).save_pretrained(folder / "text_encoder")
+    as_hub_file(folder / "text_encoder")  # transformer.embeddings.position_ids (1, n), as in the hub's file
     write_xlmr_tokenizer(folder / "tokenizer")
     (folder / "scheduler").mkdir(parents=True, exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(ddim_scheduler_config(), indent=2))

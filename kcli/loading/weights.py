@@ -11,6 +11,7 @@ This module imports nothing else from kcli.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from kcli.loading.errors import CheckpointError
+from kcli.loading.keys import is_leftover
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -78,7 +80,7 @@ def read_tensors(path: Path, dtype: torch.dtype | None = None, device: str | tor
                 for key in f.keys():
                     tensors[key] = f.get_tensor(key)
         else:
-            tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            tensors = _read_pickle(path)
     except CheckpointError:
         raise
     except Exception as e:  # safetensors and torch raise several unrelated types for a damaged file
@@ -86,6 +88,28 @@ def read_tensors(path: Path, dtype: torch.dtype | None = None, device: str | tor
     device = torch.device(device)
     if dtype is not None or channels_last or device.type != "cpu":
         tensors = {k: _convert(v, dtype, channels_last, device) for k, v in tensors.items()}
+    return tensors
+
+
+def _read_pickle(path: Path) -> dict:
+    """A pickled ``.bin``, through ``torch.load(weights_only=True)`` only: tensors and containers, never code.
+
+    Current files are zip archives (memory-mapped); files from torch < 1.6 are a bare pickle stream, which
+    torch reads without mmap. Anything else the safe unpickler meets is refused, not run.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4)
+    legacy = head[:1] == b"\x80"  # a bare pickle stream (protocol 2+) rather than a zip archive ("PK")
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=not legacy)
+    except pickle.UnpicklingError:
+        kind = "legacy (non-zip) PyTorch pickle" if legacy else "PyTorch pickle"
+        raise CheckpointError(
+            f"{path} is a {kind} holding objects other than tensors; kandinsky does not unpickle code "
+            "from checkpoints (use its safetensors copy)"
+        ) from None
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise CheckpointError(f"{path} is a PyTorch pickle but not a flat dict of tensors (a state dict)")
     return tensors
 
 
@@ -113,11 +137,23 @@ def rename_keys(tensors: dict, rules: Rules) -> dict:
 
 
 def assign_weights(module: nn.Module, tensors: dict, *, source: Path | str, rules: Rules = ()) -> nn.Module:
-    """Assign checkpoint tensors to a (meta-built) module; strict on names and shapes."""
+    """Assign checkpoint tensors to a (meta-built) module; strict on names and shapes.
+
+    The one tolerance: the id buffers older transformers saved (``keys.LEFTOVER_BUFFERS``) may be in the file
+    where the module keeps them as non-persistent buffers; they must have the module's shape and are
+    dropped. The module's own copies are then made on the weights' device.
+    """
     tensors = rename_keys(tensors, rules)
     expected = module.state_dict()
+    buffers = dict(module.named_buffers())
+    leftovers = {k for k in tensors if k not in expected and is_leftover(k) and k in buffers}
+    for key in leftovers:
+        if tuple(tensors[key].shape) != tuple(buffers[key].shape):
+            raise CheckpointError(
+                f"{source}: tensor {key} has shape {tuple(tensors[key].shape)}, the config needs {tuple(buffers[key].shape)}"
+            )
     missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    unexpected = sorted(set(tensors) - set(expected) - leftovers)
     if missing or unexpected:
         parts = []
         if missing:
@@ -130,11 +166,29 @@ def assign_weights(module: nn.Module, tensors: dict, *, source: Path | str, rule
             raise CheckpointError(
                 f"{source}: tensor {key} has shape {tuple(tensors[key].shape)}, the config needs {tuple(ref.shape)}"
             )
-    module.load_state_dict(tensors, strict=True, assign=True)
+    module.load_state_dict({k: v for k, v in tensors.items() if k not in leftovers}, strict=True, assign=True)
+    device = next(iter(tensors.values())).device if tensors else torch.device("cpu")
+    _rebuild_id_buffers(module, device)
     leftover = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if leftover:  # a programming error: a module registered a buffer that the checkpoint cannot fill
         raise RuntimeError(f"{type(module).__name__} left tensors on the meta device: {leftover[:3]}")
     return module.eval().requires_grad_(False)
+
+
+def _rebuild_id_buffers(module: nn.Module, device: torch.device) -> None:
+    """Make the non-persistent id buffers of transformers' embeddings (``position_ids`` 0..n-1,
+    ``token_type_ids`` zeros) for real: built on meta they hold nothing, and checkpoints need not carry them."""
+    for name, buf in list(module.named_buffers()):
+        if not (buf.is_meta and is_leftover(name)):
+            continue
+        owner_name, _, attr = name.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        n = buf.shape[-1]
+        if attr == "position_ids":
+            value = torch.arange(n, device=device).expand(buf.shape)
+        else:
+            value = torch.zeros(buf.shape, dtype=torch.long, device=device)
+        owner.register_buffer(attr, value, persistent=False)
 
 
 def load_module(

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from kcli.loading.errors import CheckpointError
+from kcli.loading.weights import load_module
 
 MAX_TOKENS = 77
 
@@ -57,6 +58,13 @@ def vision_model(config: dict):
     return CLIPVisionModelWithProjection(cfg)
 
 
+def _tower(folder: Path, build, dtype, device):
+    """One CLIP tower: built on meta from ``folder/config.json`` and filled strictly from its weights, in
+    ``dtype`` (None keeps the stored one: the 2.2 image encoder is stored in fp16, its text encoder in fp32)."""
+    _quiet_transformers()
+    return load_module(folder, build, dtype=dtype, device=device)
+
+
 def _plain(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")}
 
@@ -72,12 +80,10 @@ class CLIPText(nn.Module):
 
     @classmethod
     def load(cls, prior_dir: Path, *, dtype=None, device="cpu") -> CLIPText:
-        from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+        from transformers import CLIPTokenizer
 
         tok = _load("CLIP tokenizer", Path(prior_dir) / "tokenizer", CLIPTokenizer.from_pretrained)
-        model = _load("CLIP text encoder", Path(prior_dir) / "text_encoder",
-                      lambda p: CLIPTextModelWithProjection.from_pretrained(p, dtype=dtype))
-        return cls(tok, model.to(device).eval().requires_grad_(False))
+        return cls(tok, _tower(Path(prior_dir) / "text_encoder", text_model, dtype, device))
 
     @property
     def device(self) -> torch.device:
@@ -102,20 +108,17 @@ class CLIPImage(nn.Module):
 
     @classmethod
     def load(cls, prior_dir: Path, *, dtype=None, device="cpu") -> CLIPImage:
-        from transformers import CLIPVisionModelWithProjection
-
         try:  # PIL-backed on purpose: the torchvision-backed one resizes slightly differently
             from transformers import CLIPImageProcessorPil as CLIPImageProcessor
         except ImportError:
             from transformers import CLIPImageProcessor
 
-        model = _load("CLIP image encoder", Path(prior_dir) / "image_encoder",
-                      lambda p: CLIPVisionModelWithProjection.from_pretrained(p, dtype=dtype))
+        model = _tower(Path(prior_dir) / "image_encoder", vision_model, dtype, device)
         processor = None
         if (Path(prior_dir) / "image_processor").is_dir():
             processor = _load("CLIP image processor", Path(prior_dir) / "image_processor",
                               CLIPImageProcessor.from_pretrained)
-        return cls(processor, model.to(device).eval().requires_grad_(False))
+        return cls(processor, model)
 
     @property
     def image_size(self) -> int:

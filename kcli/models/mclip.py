@@ -62,12 +62,6 @@ class MCLIPText(nn.Module):
         config = _config(read_config(folder))
         with torch.device("meta"):
             model = MCLIP(config)
-        # position and token-type ids are not in the checkpoint: make them for real, not on meta
-        n = config.max_position_embeddings
-        model.transformer.embeddings.register_buffer(
-            "position_ids", torch.arange(n, device=device).expand(1, -1), persistent=False)
-        model.transformer.embeddings.register_buffer(
-            "token_type_ids", torch.zeros(1, n, dtype=torch.long, device=device), persistent=False)
         weights = find_weights(folder)
         return cls(tokenizer, assign_weights(model, read_tensors(weights, dtype, device), source=weights))
 
