@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import hubserver
@@ -65,6 +66,10 @@ def served_size(server, parts=PARTS) -> int:
     return sum(f.size for part in parts for f in server.tiny[part].files.values())
 
 
+def served_files(server, parts=PARTS) -> int:
+    return sum(len(server.tiny[part].files) for part in parts)
+
+
 def same_files(snapshot: Path, repo: hubserver.Repo) -> bool:
     return all((snapshot / f.path).read_bytes() == f.source.read_bytes() for f in repo.files.values())
 
@@ -77,7 +82,7 @@ def test_pull_prints_the_total_first_then_serves_from_cache_with_the_server_stop
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     total = download.human_size(served_size(server))
-    assert lines[0].startswith(f"downloading model tiny: {total} (23 files) into {env['KANDINSKY_HOME']}"), lines
+    assert lines[0].startswith(f"downloading model tiny: {total} ({served_files(server)} files) into {env['KANDINSKY_HOME']}"), lines
     assert any(line.startswith("kandinsky-tiny-decoder/unet/diffusion_pytorch_model.safetensors: ")
                for line in lines[1:])  # one line per file off a terminal
     paths = dict(line.split("\t") for line in proc.stdout.splitlines())
@@ -89,7 +94,7 @@ def test_pull_prints_the_total_first_then_serves_from_cache_with_the_server_stop
     assert hub.resolve_checkpoints("tiny") == (Path(paths["prior"]), Path(paths["decoder"]))
     assert hub.resolve_checkpoints("tiny", inpainting=True, offline=True)[1] == Path(paths["inpaint"])
     proc = kandinsky("models", "verify", "tiny")
-    assert proc.returncode == 0 and proc.stdout.strip() == "model tiny: 23 files verified", proc.stderr
+    assert proc.returncode == 0 and proc.stdout.strip() == f"model tiny: {served_files(server)} files verified", proc.stderr
 
 
 @pytest.mark.parametrize("how", ["--offline", "HF_HUB_OFFLINE=1"])
@@ -155,8 +160,9 @@ def test_verify_catches_a_corrupt_cached_file_and_pull_fetches_it_again(server, 
     blob.write_bytes(bytes(data))
 
     proc = kandinsky("models", "verify", "tiny")
-    assert one_line_error(proc) == ("error: 1 of 23 files of model tiny are missing or damaged (1 failed verification "
-                                    "and were removed): run `kandinsky models pull tiny` to fetch them again")
+    assert one_line_error(proc) == (
+        f"error: 1 of {served_files(server)} files of model tiny are missing or damaged (1 failed verification "
+        "and were removed): run `kandinsky models pull tiny` to fetch them again")
     assert f"FAILED {repo.id}/{name}: sha256 " in proc.stderr
     server.requests.clear()
     assert kandinsky("models", "pull", "tiny").returncode == 0
@@ -330,3 +336,33 @@ def test_models_help_does_not_import_torch():
             "print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+# ---- a hostile hub or mirror cannot write outside the cache --------------------------------------------
+
+
+@pytest.mark.parametrize("edit,named", [
+    (lambda r, victim: r.files.__setitem__(str(victim), _clone(r, "model_index.json", str(victim))),
+     "the file path '{victim}'"),
+    (lambda r, victim: r.files.__setitem__("movq/../../../../escape.json",
+                                           _clone(r, "model_index.json", "movq/../../../../escape.json")),
+     "the file path 'movq/../../../../escape.json'"),
+    (lambda r, victim: r.files.__setitem__("model_index.json", replace(
+        r.files["model_index.json"], git_oid="../../../../escape")), "the checksum '../../../../escape'"),
+    (lambda r, victim: setattr(r, "commit", "../../../escape"), "a revision '../../../escape'"),
+], ids=["absolute-path", "dot-dot-path", "etag-as-path", "revision-as-path"])
+def test_a_hostile_listing_is_refused_in_one_line_and_writes_nothing_outside(server, env, tmp_path, edit, named):
+    victim = tmp_path / "victim.json"
+    victim.write_text("mine")
+    repo = server.add("mallory/kandinsky", server.tiny["decoder"].files["model_index.json"].source.parent)
+    edit(repo, victim)
+    before = sorted(p for p in tmp_path.rglob("*") if "home" not in p.parts)
+    line = one_line_error(kandinsky("models", "pull", repo.id, env=env))
+    assert named.format(victim=victim) in line and f"in {repo.id}: refusing the whole listing" in line
+    assert victim.read_text() == "mine" and not victim.is_symlink()
+    assert sorted(p for p in tmp_path.rglob("*") if "home" not in p.parts) == before
+    assert not server.downloads(repo=repo)  # nothing was fetched from a listing that was refused
+
+
+def _clone(repo, source: str, path: str):
+    return replace(repo.files[source], path=path)

@@ -22,6 +22,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -29,12 +30,13 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 from kcli.loading.errors import CheckpointError, KandinskyError
-from kcli.loading.registry import RepoSpec
+from kcli.loading.registry import COMMIT, RepoSpec
 
 MANIFEST = "kandinsky.json"
 CHUNK = 1 << 20
 RETRIES = 3  # attempts in a row that receive nothing before a download is given up (and kept for next time)
 WANTED = (".json", ".txt", ".model", ".safetensors")  # configs, tokenizers, sentencepiece models, weights
+ETAG = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")  # git blob sha1, or sha256 for LFS files
 
 
 class DownloadInterrupted(CheckpointError):
@@ -244,22 +246,55 @@ def _get_json(url: str, params: dict | None = None):
 
 
 def _listing(repo: RepoSpec) -> tuple[str, dict[str, Remote]]:
-    """The commit ``repo.ref`` points to, and every file of the repository at that commit."""
+    """The commit ``repo.ref`` points to, and every file of the repository at that commit.
+
+    Everything the hub (or an ``HF_ENDPOINT`` mirror) sends is checked before it names anything on disk: the
+    commit is 40 hex digits, every path is relative and normalised, every ETag a sha1 or sha256 and every size
+    a byte count. One bad entry refuses the whole listing, naming it.
+    """
     base = f"{endpoint()}/api/models/{repo.id}"
     commit = repo.revision
     if commit is None:
         commit = _get_json(f"{base}/revision/{quote(repo.ref, safe='')}").json()["sha"]
+        if not isinstance(commit, str) or not COMMIT.match(commit):
+            raise _hostile(repo, f"a revision {commit!r} that is not a 40-digit commit hash")
     files: dict[str, Remote] = {}
     url, params = f"{base}/tree/{commit}", {"recursive": "true"}
     while url:
         r = _get_json(url, params)
         for entry in r.json():
             if entry.get("type") == "file":
-                lfs = entry.get("lfs")
-                etag = lfs["oid"] if lfs else entry["oid"]
-                files[entry["path"]] = Remote(entry["path"], int(entry["size"]), etag, bool(lfs))
+                remote = _remote(repo, entry)
+                files[remote.path] = remote
         url, params = r.links.get("next", {}).get("url"), None
     return commit, files
+
+
+def _remote(repo: RepoSpec, entry: dict) -> Remote:
+    path, lfs, size = entry.get("path"), entry.get("lfs"), entry.get("size")
+    if not safe_relative_path(path):
+        raise _hostile(repo, f"the file path {path!r}")
+    etag = lfs.get("oid") if isinstance(lfs, dict) else entry.get("oid")
+    if not isinstance(etag, str) or not ETAG.match(etag):
+        raise _hostile(repo, f"the checksum {etag!r} for {path}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _hostile(repo, f"the size {size!r} for {path}")
+    return Remote(path, size, etag, bool(lfs))
+
+
+def safe_relative_path(path) -> bool:
+    """A path inside a repository: relative, forward slashes, no empty, ``.`` or ``..`` parts, no control
+    characters. Such a path can only name something below the folder it is joined to."""
+    if not isinstance(path, str) or not path or len(path) > 1000 or "\\" in path:
+        return False
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return False
+    return not path.startswith("/") and all(part not in ("", ".", "..") for part in path.split("/"))
+
+
+def _hostile(repo: RepoSpec, what: str) -> CheckpointError:
+    return CheckpointError(f"the hub at {endpoint()} listed {what} in {repo.id}: refusing the whole listing "
+                           "(is HF_ENDPOINT a hub you trust?)")
 
 
 def choose_files(files: dict[str, Remote]) -> list[Remote]:
@@ -453,8 +488,11 @@ def _download(p: Plan, f: Remote, progress: Progress) -> None:
 
 def _link(p: Plan, f: Remote) -> None:
     """``snapshots/<commit>/<path>`` -> ``blobs/<etag>``: a relative symlink, else a hard link, else a copy."""
-    pointer = p.folder / "snapshots" / p.commit / f.path
+    snapshot = p.folder / "snapshots" / p.commit
+    pointer = snapshot / f.path
     pointer.parent.mkdir(parents=True, exist_ok=True)
+    if not _inside(pointer.parent, snapshot):  # the listing was checked; this guards the folders on disk
+        raise CheckpointError(f"{pointer} would be written outside {snapshot}: refusing it")
     if pointer.is_symlink() or pointer.exists():
         if pointer.resolve() == p.blob(f).resolve():
             return
@@ -466,6 +504,11 @@ def _link(p: Plan, f: Remote) -> None:
             os.link(p.blob(f), pointer)
         except OSError:
             shutil.copyfile(p.blob(f), pointer)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([real, top]) == top
 
 
 def _lock(p: Plan, f: Remote):
