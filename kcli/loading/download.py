@@ -1,16 +1,10 @@
 """Fetch hub repositories into kandinsky's cache: resumable, file-locked, checked, with progress callbacks.
 
-Layout: ``cache_dir()`` (``<home>/hub``) is a huggingface_hub cache (``models--org--name/{blobs,snapshots,
-refs}``, one blob per ETag, snapshots of symlinks), so the hub's own tools can read it. Next to it each
-repository folder holds ``kandinsky.json``: per commit, the files a fetch completed, with size and ETag.
-A snapshot counts as cached only when that record lists every file it needs.
-
-The bytes move through ``huggingface_hub``'s HTTP client, URLs, headers and errors (so ``HF_ENDPOINT``,
-``HF_TOKEN``, proxies and ``HF_HUB_OFFLINE`` behave as with any hub tool), but with our own transfer loop:
-huggingface_hub 2.x deletes a partial file when a download fails, while here ``blobs/<etag>.incomplete``
-stays and the next run resumes it with a Range request. Each file is hashed as it arrives (sha256 for LFS
-files, git's blob sha1 for the rest, which is what the hub's ETag is) and renamed into place only when it
-matches, under the same lock file huggingface_hub uses.
+The transfer loop is our own: huggingface_hub 2.x deletes a partial file when a download fails, while here
+``blobs/<etag>.incomplete`` stays and the next run resumes it with a Range request. Each file is hashed as it
+arrives (sha256 for LFS files, git's blob sha1 for the rest, which is what the hub's ETag is) and renamed into
+place only when it matches, under the same lock file huggingface_hub uses. What is cached, and how it is
+checked, is ``kcli.loading.snapshots``; what to fetch is ``kcli.loading.hubapi``.
 
 This module imports nothing else from kcli but the loading layer, and never prints: ``Progress`` callbacks
 report what happens.
@@ -19,396 +13,50 @@ report what happens.
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import os
-import re
 import shutil
 import time
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from urllib.parse import quote
+from pathlib import Path
 
-from kcli.loading.errors import CheckpointError, KandinskyError
-from kcli.loading.registry import COMMIT, RepoSpec
+from kcli.loading.errors import CheckpointError
+from kcli.loading.hubapi import (  # noqa: F401  (choose_files, hub_offline: part of this module's interface)
+    HubUnreachable,
+    NotCached,
+    Plan,
+    choose_files,
+    endpoint,
+    hub_error,
+    hub_offline,
+    plan,
+)
+from kcli.loading.registry import RepoSpec
+from kcli.loading.snapshots import (  # noqa: F401  (re-exported: the cache's interface for callers of fetch)
+    CHUNK,
+    Cached,
+    Check,
+    Progress,
+    Remote,
+    blob_ok,
+    cache_dir,
+    disk_usage,
+    first_line,
+    hasher,
+    human_size,
+    inspect,
+    mtime,
+    recheck,
+    recorded_files,
+    remove,
+    repo_folder,
+    verify,
+    write_manifest,
+)
 
-MANIFEST = "kandinsky.json"
-CHUNK = 1 << 20
 RETRIES = 3  # attempts in a row that receive nothing before a download is given up (and kept for next time)
-WANTED = (".json", ".txt", ".model", ".safetensors")  # configs, tokenizers, sentencepiece models, weights
-ETAG = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")  # git blob sha1, or sha256 for LFS files
 
 
 class DownloadInterrupted(CheckpointError):
     """The connection dropped for good in the middle of a file; its partial download is kept."""
-
-
-class NotCached(CheckpointError):
-    """Offline, and the cache lacks something."""
-
-
-class HubUnreachable(CheckpointError):
-    """No answer from the hub (network down, wrong HF_ENDPOINT, proxy)."""
-
-
-class Progress:
-    """What a fetch reports; the command line draws it. Each method is a no-op here."""
-
-    def planned(self, what: str, files: int, todo: int, cached: int, folder: Path) -> None:
-        """Before any byte moves: ``files`` files, ``todo`` bytes to fetch, ``cached`` bytes already here."""
-
-    def started(self, name: str, size: int, done: int) -> None:
-        """A file starts (``done`` > 0: resumed from a partial download)."""
-
-    def advanced(self, name: str, done: int) -> None:
-        """``done`` bytes of the file are in."""
-
-    def finished(self, name: str) -> None:
-        """The file is complete and checked."""
-
-
-def cache_dir() -> Path:
-    """Where checkpoints live: ``$KANDINSKY_HOME/hub``, by default under the platform's cache folder."""
-    from kcli.loading.cache import home  # the one place that decides where kandinsky keeps things
-
-    return home() / "hub"
-
-
-def repo_folder(repo_id: str) -> Path:
-    return cache_dir() / ("models--" + repo_id.replace("/", "--"))
-
-
-def hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return constants.is_offline_mode()
-
-
-def endpoint() -> str:
-    from huggingface_hub import constants
-
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-# ---- what is cached ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Remote:
-    """One file as the hub lists it at a commit."""
-
-    path: str
-    size: int
-    etag: str  # sha256 for LFS files, git blob sha1 otherwise
-    lfs: bool
-
-
-@dataclass
-class Cached:
-    """The state of one repository in the cache."""
-
-    repo: RepoSpec
-    commit: str | None = None
-    snapshot: Path | None = None  # set when every needed file is present with the right size
-    missing: list[str] = field(default_factory=list)
-    damaged: list[str] = field(default_factory=list)  # present with the wrong size
-
-    @property
-    def complete(self) -> bool:
-        return self.snapshot is not None
-
-
-def _read_manifest(folder: Path) -> dict:
-    try:
-        data = json.loads((folder / MANIFEST).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_manifest(folder: Path, commit: str, files: list[Remote]) -> None:
-    data = _read_manifest(folder)
-    data[commit] = {"files": {f.path: {"size": f.size, "etag": f.etag, "lfs": f.lfs} for f in files}}
-    tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, folder / MANIFEST)
-
-
-def _commit_for(folder: Path, repo: RepoSpec) -> str | None:
-    if repo.revision:
-        return repo.revision
-    try:
-        return (folder / "refs" / repo.ref).read_text().strip() or None
-    except OSError:
-        return None
-
-
-def recorded_files(repo: RepoSpec, commit: str) -> dict[str, dict]:
-    return _read_manifest(repo_folder(repo.id)).get(commit, {}).get("files", {})
-
-
-def inspect(repo: RepoSpec) -> Cached:
-    """What the cache holds for ``repo``, from file sizes only (cheap: reads no weights)."""
-    folder = repo_folder(repo.id)
-    state = Cached(repo, _commit_for(folder, repo))
-    if state.commit is None:
-        state.missing = [f.path for f in repo.files or ()] or ["(everything)"]
-        return state
-    recorded = recorded_files(repo, state.commit)
-    expected = {f.path: f.size for f in repo.files} if repo.files is not None else {
-        p: e.get("size") for p, e in recorded.items()}
-    if not expected:
-        state.missing = ["(everything)"]
-        return state
-    snap = folder / "snapshots" / state.commit
-    for path, size in expected.items():
-        entry = recorded.get(path)
-        target = snap / path
-        if entry is None or not target.exists():
-            state.missing.append(path)
-        elif target.stat().st_size != entry.get("size") or (size is not None and size != entry.get("size")):
-            state.damaged.append(path)
-    if not state.missing and not state.damaged:
-        state.snapshot = snap
-    return state
-
-
-def disk_usage(repo_id: str) -> int:
-    """Bytes the repository's blobs (finished and partial) take."""
-    blobs = repo_folder(repo_id) / "blobs"
-    return sum(p.stat().st_size for p in blobs.iterdir() if p.is_file()) if blobs.is_dir() else 0
-
-
-def remove(repo_id: str) -> int:
-    """Delete a repository from the cache; returns the bytes freed."""
-    folder = repo_folder(repo_id)
-    freed = disk_usage(repo_id)
-    if folder.exists():
-        shutil.rmtree(folder)
-    shutil.rmtree(cache_dir() / ".locks" / folder.name, ignore_errors=True)
-    return freed
-
-
-# ---- talking to the hub --------------------------------------------------------------------------------
-
-
-def _hub_error(e: Exception, repo: RepoSpec, path: str | None = None) -> KandinskyError:
-    """One line for everything the hub or the network can answer."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(e, GatedRepoError):
-        return CheckpointError(f"repository {repo.id} is gated: accept its terms on the hub and set HF_TOKEN")
-    if isinstance(e, RepositoryNotFoundError):
-        return CheckpointError(f"repository {repo.id} was not found on the hub at {endpoint()} "
-                               "(a private repository needs HF_TOKEN)")
-    if isinstance(e, RevisionNotFoundError):
-        return CheckpointError(f"revision {repo.ref} of {repo.id} was not found on the hub")
-    if isinstance(e, RemoteEntryNotFoundError):
-        return CheckpointError(f"{repo.id} has no file {path or '?'} at revision {repo.ref}")
-    if isinstance(e, OfflineModeIsEnabled):
-        return NotCached(f"{repo.id} is not in the cache and HF_HUB_OFFLINE forbids downloading it")
-    if isinstance(e, HfHubHTTPError):
-        status = e.response.status_code if e.response is not None else "?"
-        return CheckpointError(f"the hub answered {status} for {repo.id}: {_first_line(e)}")
-    return HubUnreachable(f"cannot reach the hub at {endpoint()} ({_first_line(e)}): check the network, "
-                          "or add --offline to use only what is in the cache")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
-def _get_json(url: str, params: dict | None = None):
-    """GET a hub API url (no long retry loop: an unreachable hub should fail in seconds, not minutes)."""
-    import httpx2
-    from huggingface_hub import constants
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-
-    headers = build_hf_headers()
-    for attempt in range(2):
-        try:
-            r = get_session().get(url, headers=headers, params=params, timeout=constants.HF_HUB_ETAG_TIMEOUT,
-                                  follow_redirects=True)
-            hf_raise_for_status(r)
-            return r
-        except (httpx2.TimeoutException, httpx2.NetworkError):
-            if attempt:
-                raise
-            time.sleep(0.5)
-
-
-def _listing(repo: RepoSpec) -> tuple[str, dict[str, Remote]]:
-    """The commit ``repo.ref`` points to, and every file of the repository at that commit.
-
-    Everything the hub (or an ``HF_ENDPOINT`` mirror) sends is checked before it names anything on disk: the
-    commit is 40 hex digits, every path is relative and normalised, every ETag a sha1 or sha256 and every size
-    a byte count. One bad entry refuses the whole listing, naming it.
-    """
-    base = f"{endpoint()}/api/models/{repo.id}"
-    commit = repo.revision
-    if commit is None:
-        commit = _get_json(f"{base}/revision/{quote(repo.ref, safe='')}").json()["sha"]
-        if not isinstance(commit, str) or not COMMIT.match(commit):
-            raise _hostile(repo, f"a revision {commit!r} that is not a 40-digit commit hash")
-    files: dict[str, Remote] = {}
-    url, params = f"{base}/tree/{commit}", {"recursive": "true"}
-    while url:
-        r = _get_json(url, params)
-        for entry in r.json():
-            if entry.get("type") == "file":
-                remote = _remote(repo, entry)
-                files[remote.path] = remote
-        url, params = r.links.get("next", {}).get("url"), None
-    return commit, files
-
-
-def _remote(repo: RepoSpec, entry: dict) -> Remote:
-    path, lfs, size = entry.get("path"), entry.get("lfs"), entry.get("size")
-    if not safe_relative_path(path):
-        raise _hostile(repo, f"the file path {path!r}")
-    etag = lfs.get("oid") if isinstance(lfs, dict) else entry.get("oid")
-    if not isinstance(etag, str) or not ETAG.match(etag):
-        raise _hostile(repo, f"the checksum {etag!r} for {path}")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _hostile(repo, f"the size {size!r} for {path}")
-    return Remote(path, size, etag, bool(lfs))
-
-
-def safe_relative_path(path) -> bool:
-    """A path inside a repository: relative, forward slashes, no empty, ``.`` or ``..`` parts, no control
-    characters. Such a path can only name something below the folder it is joined to."""
-    if not isinstance(path, str) or not path or len(path) > 1000 or "\\" in path:
-        return False
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
-        return False
-    return not path.startswith("/") and all(part not in ("", ".", "..") for part in path.split("/"))
-
-
-def _hostile(repo: RepoSpec, what: str) -> CheckpointError:
-    return CheckpointError(f"the hub at {endpoint()} listed {what} in {repo.id}: refusing the whole listing "
-                           "(is HF_ENDPOINT a hub you trust?)")
-
-
-def choose_files(files: dict[str, Remote]) -> list[Remote]:
-    """For a hub id given by hand: configs, tokenizer files and safetensors weights, never pickles; of an
-    fp32/fp16 pair of weights only the fp32 file; other variants (ema, ...) never."""
-    chosen = []
-    for path, remote in sorted(files.items()):
-        pure = PurePosixPath(path)
-        if pure.suffix not in WANTED or any(part.startswith(".") for part in pure.parts):
-            continue
-        if pure.suffix == ".safetensors":
-            stem = pure.name[: -len(".safetensors")]
-            base, _, variant = stem.rpartition(".")
-            if variant and base and "-of-" not in variant:  # name.variant.safetensors
-                plain = str(pure.with_name(base + ".safetensors"))
-                if variant != "fp16" or plain in files:
-                    continue
-        chosen.append(remote)
-    return chosen
-
-
-OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
-OPEN_CLIP_FILES = ("open_clip_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
-
-
-def choose_open_clip_files(repo: RepoSpec, files: dict[str, Remote]) -> list[Remote]:
-    """An open_clip repository holds its weights several times over (open_clip pickle and safetensors, timm
-    formats): only the open_clip safetensors, its config and any tokenizer files are fetched."""
-    if OPEN_CLIP_WEIGHTS not in files:
-        raise CheckpointError(f"{repo.id} has no {OPEN_CLIP_WEIGHTS} at revision {repo.ref} (kandinsky loads "
-                              "safetensors only, never pickled weights)")
-    return [files[p] for p in (OPEN_CLIP_WEIGHTS, *OPEN_CLIP_FILES) if p in files]
-
-
-@dataclass
-class Plan:
-    repo: RepoSpec
-    commit: str
-    files: list[Remote]
-
-    @property
-    def folder(self) -> Path:
-        return repo_folder(self.repo.id)
-
-    def blob(self, f: Remote) -> Path:
-        return self.folder / "blobs" / f.etag
-
-    def todo(self) -> list[Remote]:
-        return [f for f in self.files if not _blob_ok(self.blob(f), f.size)]
-
-
-def _blob_ok(path: Path, size: int) -> bool:
-    try:
-        return path.stat().st_size == size
-    except OSError:
-        return False
-
-
-def plan(repo: RepoSpec) -> Plan:
-    """Ask the hub what to fetch; a registry entry's files, sizes and sha256 must match what it lists."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    try:
-        commit, listed = _listing(repo)
-    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, OSError) as e:
-        raise _hub_error(e, repo) from None
-    except (ValueError, KeyError, TypeError) as e:  # not JSON, or not the hub's JSON
-        raise CheckpointError(f"the hub at {endpoint()} sent an unreadable listing of {repo.id} "
-                              f"({_first_line(e)}): is HF_ENDPOINT a hub?") from None
-    if repo.files is None:
-        if repo.layout == "open_clip":
-            return Plan(repo, commit, choose_open_clip_files(repo, listed))
-        files = choose_files(listed)
-        if not files:
-            raise CheckpointError(f"{repo.id} has no configs or safetensors weights at revision {repo.ref}")
-        return Plan(repo, commit, files)
-    files = []
-    for spec in repo.files:
-        remote = listed.get(spec.path)
-        if remote is None:
-            raise CheckpointError(f"{repo.id} has no file {spec.path} at revision {repo.ref}")
-        if spec.size is not None and spec.size != remote.size:
-            raise CheckpointError(f"{repo.id}/{spec.path} is {remote.size} bytes on the hub, the registry "
-                                  f"says {spec.size}: refusing to fetch it")
-        if spec.sha256 is not None and (not remote.lfs or remote.etag != spec.sha256):
-            raise CheckpointError(f"{repo.id}/{spec.path} on the hub has sha256 {remote.etag}, the registry "
-                                  f"says {spec.sha256}: refusing to fetch it")
-        files.append(remote)
-    return Plan(repo, commit, files)
-
-
-# ---- moving bytes --------------------------------------------------------------------------------------
-
-
-def _hasher(f: Remote):
-    if f.lfs:
-        return hashlib.sha256()
-    h = hashlib.sha1()
-    h.update(b"blob %d\0" % f.size)  # git's blob id: the hub's ETag of a file kept in git
-    return h
-
-
-def file_digest(path: Path, f: Remote, on_bytes=None) -> str:
-    h = _hasher(f)
-    done = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK * 8):
-            h.update(chunk)
-            done += len(chunk)
-            if on_bytes:
-                on_bytes(done)
-    return h.hexdigest()
 
 
 def _space_error(folder: Path) -> CheckpointError:
@@ -428,7 +76,7 @@ def _download(p: Plan, f: Remote, progress: Progress) -> None:
     name = f"{p.repo.id.split('/')[-1]}/{f.path}"
     url = hf_hub_url(p.repo.id, f.path, revision=p.commit, endpoint=endpoint())
     headers = build_hf_headers()
-    h = _hasher(f)
+    h = hasher(f)
     done = part.stat().st_size if part.exists() else 0
     if done > f.size:
         part.unlink()
@@ -449,7 +97,7 @@ def _download(p: Plan, f: Remote, progress: Progress) -> None:
                                       timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
                 hf_raise_for_status(r)
                 if done and r.status_code != 206:  # the server ignored the range: start over
-                    done, h = 0, _hasher(f)
+                    done, h = 0, hasher(f)
                     part.unlink(missing_ok=True)
                 with open(part, "ab") as out:
                     for chunk in r.iter_bytes():  # as the bytes arrive: a cut loses none of them
@@ -459,7 +107,7 @@ def _download(p: Plan, f: Remote, progress: Progress) -> None:
                         got += len(chunk)
                         progress.advanced(name, done)
         except HfHubHTTPError as e:
-            raise _hub_error(e, p.repo, f.path) from None
+            raise hub_error(e, p.repo, f.path) from None
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise _space_error(blob.parent) from None
@@ -469,7 +117,7 @@ def _download(p: Plan, f: Remote, progress: Progress) -> None:
             if idle >= RETRIES:
                 raise DownloadInterrupted(
                     f"the download of {p.repo.id}/{f.path} was interrupted at {human_size(done)} of {human_size(f.size)} "
-                    f"({_first_line(e)}): run the command again to resume it") from None
+                    f"({first_line(e)}): run the command again to resume it") from None
             time.sleep(0.2 * idle)
             continue
         if not got and done < f.size:
@@ -486,7 +134,7 @@ def _download(p: Plan, f: Remote, progress: Progress) -> None:
     progress.finished(name)
 
 
-def _link(p: Plan, f: Remote) -> None:
+def _link(p: Plan, f: Remote) -> Path:
     """``snapshots/<commit>/<path>`` -> ``blobs/<etag>``: a relative symlink, else a hard link, else a copy."""
     snapshot = p.folder / "snapshots" / p.commit
     pointer = snapshot / f.path
@@ -495,7 +143,7 @@ def _link(p: Plan, f: Remote) -> None:
         raise CheckpointError(f"{pointer} would be written outside {snapshot}: refusing it")
     if pointer.is_symlink() or pointer.exists():
         if pointer.resolve() == p.blob(f).resolve():
-            return
+            return pointer
         pointer.unlink()
     try:
         os.symlink(os.path.relpath(p.blob(f), pointer.parent), pointer)
@@ -504,6 +152,7 @@ def _link(p: Plan, f: Remote) -> None:
             os.link(p.blob(f), pointer)
         except OSError:
             shutil.copyfile(p.blob(f), pointer)
+    return pointer
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -544,22 +193,29 @@ def execute(plans: list[Plan], what: str, progress: Progress | None = None) -> N
                                   f"{human_size(need - partial)} and {human_size(free)} is free")
     for p in plans:
         (p.folder / "blobs").mkdir(parents=True, exist_ok=True)
+        earlier = recorded_files(p.repo, p.commit)
+        checked = {}
         for f in p.files:
-            if not _blob_ok(p.blob(f), f.size):
+            fresh = False
+            if not blob_ok(p.blob(f), f.size):
                 with _lock(p, f):
-                    if not _blob_ok(p.blob(f), f.size):  # another process may have fetched it meanwhile
+                    if not blob_ok(p.blob(f), f.size):  # another process may have fetched it meanwhile
                         p.blob(f).unlink(missing_ok=True)  # a damaged copy (wrong size)
                         try:
                             _download(p, f, progress)
+                            fresh = True  # hashed as it arrived
                         except OSError as e:
                             if e.errno == errno.ENOSPC:
                                 raise _space_error(p.folder) from None
-                            raise CheckpointError(f"cannot write {p.blob(f)}: {_first_line(e)}") from None
-            _link(p, f)
+                            raise CheckpointError(f"cannot write {p.blob(f)}: {first_line(e)}") from None
+            stamp = mtime(_link(p, f))
+            before = earlier.get(f.path, {})
+            if fresh or (before.get("etag") == f.etag and before.get("checked") == stamp):
+                checked[f.path] = stamp
         if p.repo.ref != p.commit:
             (p.folder / "refs").mkdir(exist_ok=True)
             (p.folder / "refs" / p.repo.ref).write_text(p.commit)
-        _write_manifest(p.folder, p.commit, p.files)
+        write_manifest(p.folder, p.commit, p.files, checked)
 
 
 def _partial_size(p: Plan, f: Remote) -> int:
@@ -572,18 +228,26 @@ def fetch(repos: list[RepoSpec], *, what: str, offline: bool = False, progress: 
     """The snapshot folder of each repository, downloading what the cache lacks (unless offline).
 
     ``what`` names the download for the user ("model 2.2", a repository id); ``hint(repo)`` is the whole
-    message when, offline, something of ``repo`` is missing. A pinned, complete snapshot never touches the network; a
-    repository that follows a branch is refreshed when the hub is reachable and used from the cache when
-    it is not.
+    message when, offline, something of ``repo`` is missing. A pinned, complete snapshot never touches the
+    network (only its files rewritten since they were last checked are hashed again); a repository that
+    follows a branch is refreshed when the hub is reachable and used from the cache when it is not.
     """
     offline = offline or hub_offline()
+    progress = progress or Progress()
     states = [inspect(repo) for repo in repos]
+    for state in states:
+        if state.complete:
+            recheck(state, progress)
     if offline:
         for state in states:
             message = hint(state.repo) if hint else f"{state.repo.id} is not in the cache"
+            fix = message.split(": ", 1)[-1]
+            if state.changed:
+                raise CheckpointError(f"the cached file {state.changed[0]} of {state.repo.id} changed on disk since "
+                                      f"it was downloaded and no longer matches its checksum (it was removed): {fix}")
             if state.damaged:
                 raise CheckpointError(f"the cached file {state.damaged[0]} of {state.repo.id} is damaged (its size "
-                                      f"is wrong): {message.split(': ', 1)[-1]}")
+                                      f"is wrong): {fix}")
             if not state.complete:
                 raise NotCached(message)
         return [s.snapshot for s in states]
@@ -600,70 +264,3 @@ def fetch(repos: list[RepoSpec], *, what: str, offline: bool = False, progress: 
     execute(list(plans.values()), what, progress)
     return [plans[i].folder / "snapshots" / plans[i].commit if i in plans else s.snapshot
             for i, s in enumerate(states)]
-
-
-# ---- checking what is cached ---------------------------------------------------------------------------
-
-
-@dataclass
-class Check:
-    repo: RepoSpec
-    path: str
-    ok: bool
-    reason: str = ""
-
-
-def verify(repo: RepoSpec, progress: Progress | None = None, *, repair: bool = True) -> list[Check]:
-    """Hash every cached file of ``repo`` against the hub's ETag it was stored under (and the registry's
-    sha256 where it records one). With ``repair`` a file that fails is deleted, so a pull fetches it again."""
-    progress = progress or Progress()
-    state = inspect(repo)
-    if state.commit is None:
-        return [Check(repo, "(everything)", False, "not in the cache")]
-    recorded = recorded_files(repo, state.commit)
-    wanted = {f.path: f for f in repo.files} if repo.files is not None else {p: None for p in recorded}
-    folder = repo_folder(repo.id)
-    checks = []
-    for path, spec in wanted.items():
-        entry = recorded.get(path)
-        pointer = folder / "snapshots" / state.commit / path
-        if entry is None or not pointer.exists():
-            checks.append(Check(repo, path, False, "missing"))
-            continue
-        remote = Remote(path, int(entry["size"]), entry["etag"], bool(entry["lfs"]))
-        name = f"{repo.id.split('/')[-1]}/{path}"
-        progress.started(name, remote.size, 0)
-        try:
-            size = pointer.stat().st_size
-            digest = file_digest(pointer, remote, lambda done, name=name: progress.advanced(name, done)) \
-                if size == remote.size else ""
-            reason = ""
-        except OSError as e:
-            size, digest, reason = -1, "", _first_line(e)
-        progress.finished(name)
-        if reason:
-            pass  # unreadable
-        elif size != remote.size:
-            reason = f"{size} bytes, expected {remote.size}"
-        elif digest != remote.etag:
-            reason = f"{'sha256' if remote.lfs else 'git sha1'} {digest}, expected {remote.etag}"
-        elif spec is not None and spec.sha256 is not None and digest != spec.sha256:
-            reason = f"sha256 {digest}, the registry records {spec.sha256}"
-        if not reason:
-            checks.append(Check(repo, path, True))
-            continue
-        checks.append(Check(repo, path, False, reason))
-        if repair:
-            for p in (pointer, folder / "blobs" / remote.etag):
-                if p.is_symlink() or p.exists():
-                    p.unlink()
-    return checks
-
-
-def human_size(n: float) -> str:
-    """Sizes as the hub shows them: SI units, three significant digits."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n} B"
