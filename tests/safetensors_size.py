@@ -36,6 +36,7 @@ ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2
 TORCH_DTYPE = {"float64": "F64", "int64": "I64", "float32": "F32", "int32": "I32", "float16": "F16",
                "bfloat16": "BF16", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 WRITERS = ("0.2", "0.3.0", "0.3.1+")  # "0.3.1+" is every release from 0.3.1 to today's
+PT = {"format": "pt"}  # the metadata torch writers store; None writes no "__metadata__" (save_file's default)
 
 Tensor = tuple[str, str, tuple[int, ...]]  # (name, safetensors dtype such as "F32", shape)
 
@@ -50,13 +51,13 @@ def ordered(tensors: Iterable[Tensor], writer: str = "0.3.1+") -> list[Tensor]:
     return sorted(tensors, key=lambda t: (-ITEMSIZE[t[1]], t[0]))
 
 
-def header(tensors: Iterable[Tensor], writer: str = "0.3.1+", metadata: dict | None = None) -> bytes:
-    """The JSON header the writer produces (with its padding), for ``metadata`` default ``{"format": "pt"}``."""
+def header(tensors: Iterable[Tensor], writer: str = "0.3.1+", metadata: dict | None = PT) -> bytes:
+    """The JSON header the writer produces, with its padding."""
     tensors = list(tensors)
     names = [t[0] for t in tensors]
     if len(set(names)) != len(names):
         raise ValueError("repeated tensor name")
-    doc: dict = {"__metadata__": {"format": "pt"} if metadata is None else metadata}
+    doc: dict = {} if metadata is None else {"__metadata__": metadata}
     offset = 0
     for name, dtype, shape in ordered(tensors, writer):
         end = offset + ITEMSIZE[dtype] * math.prod(shape)
@@ -67,7 +68,7 @@ def header(tensors: Iterable[Tensor], writer: str = "0.3.1+", metadata: dict | N
     return raw + b" " * pad
 
 
-def file_size(tensors: Iterable[Tensor], writer: str = "0.3.1+", metadata: dict | None = None) -> int:
+def file_size(tensors: Iterable[Tensor], writer: str = "0.3.1+", metadata: dict | None = PT) -> int:
     """Bytes of the whole file: length prefix, header, data."""
     tensors = list(tensors)
     data = sum(ITEMSIZE[d] * math.prod(s) for _, d, s in tensors)
