@@ -153,6 +153,19 @@ def test_predicted_size_is_the_registry_size(repo, path):
     assert predicted == size, f"{repo}/{path}: predicted {predicted} bytes, the hub file has {size}"
 
 
+def test_unknown_sizes_have_their_prediction_recorded():
+    """hub_listing.json notes the predicted size of each file whose size the hub never showed (to compare
+    with the hub's once a page shows it), and the note is the computation's result."""
+    listing = json.loads((Path(__file__).parent / "data" / "hub_listing.json").read_text())["repos"]
+    for (repo, path), size in registry_sizes().items():
+        rec = listing[repo]["files"][path]
+        if size is None:
+            spec = FILES[repo, path]
+            assert rec.get("predicted_size") == st.file_size(expected_tensors(spec), spec.writer), (repo, path)
+        else:
+            assert "predicted_size" not in rec, f"{repo}/{path}: known size, drop the prediction"
+
+
 def test_the_sizes_pin_down_writer_leftovers_and_dtype():
     """Each recorded size is matched by one description only, among the plausible others."""
     sizes = registry_sizes()
