@@ -75,8 +75,8 @@ def test_recorded_listing_is_self_consistent(repo_id):
     for path, rec in seen["files"].items():
         if rec["size"] is not None and rec["shown"] is not None:  # the exact size rounds to what the hub showed
             assert human_size(rec["size"]) == rec["shown"].replace(" Bytes", " B"), path
-        if rec.get("lfs_sha256"):
-            assert re.fullmatch(r"[0-9a-f]{64}", rec["lfs_sha256"]) and rec["size"], path
+        if rec.get("lfs_sha256"):  # an LFS blob page shows the sha256 beside a rounded size only
+            assert re.fullmatch(r"[0-9a-f]{64}", rec["lfs_sha256"]) and rec["shown"], path
         if rec["size"] is not None or rec.get("lfs_sha256"):
             assert rec["source"], f"{path}: a recorded value needs its source"
         if rec.get("pickle"):  # every pickled copy has a safetensors sibling that is fetched instead
@@ -182,3 +182,30 @@ def test_wheel_ships_the_registry(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(site)], capture_output=True, text=True, cwd=tmp_path,
                          env=env, timeout=60)
     assert out.stdout.split() == [str(site / "kcli" / "presets"), "default,fast,lowvram,quality"], out.stderr
+
+
+@pytest.mark.parametrize("name", ["2.2", "2.1"])
+def test_models_info_shows_every_known_size_and_the_total(name, tmp_path):
+    """`kandinsky models info`: each file's size, and per repository the exact total once every size is known
+    (until then ">= known total (N file sizes unknown)")."""
+    env = {k: v for k, v in os.environ.items() if k != reg.ENV}
+    proc = subprocess.run([sys.executable, "-m", "kcli", "models", "info", name], capture_output=True, text=True,
+                          env={**env, "KANDINSKY_HOME": str(tmp_path), "COLUMNS": "200"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    heads = [i for i, line in enumerate(lines) if not line.startswith(" ")]
+    repos = list(builtin().get(name).repos())
+    assert len(heads) == len(repos)
+    for repo, start, end in zip(repos, heads, heads[1:] + [len(lines)]):
+        head, rows = lines[start], [line.split() for line in lines[start + 2:end]]
+        assert f": {repo.id} @ {repo.revision} " in head
+        unknown = sum(f.size is None for f in repo.files)
+        total = human_size(repo.known_size)
+        if unknown:
+            assert f"download >= {total} ({unknown} file sizes unknown)," in head
+        else:
+            assert f"download {total}, " in head and ">=" not in head
+        assert [r[0] for r in rows] == [f.path for f in repo.files]
+        for f, row in zip(repo.files, rows):
+            size = human_size(f.size).split() if f.size is not None else ["?"]
+            assert row[1:-2] == size and row[-2] == (f.sha256[:12] if f.sha256 else "-"), row
