@@ -33,6 +33,24 @@ def test_fit_equals_numpy_least_squares_and_recovers_a_known_map():
     torch.testing.assert_close(exact.bias, b, atol=1e-4, rtol=1e-4)
 
 
+def test_a_singular_gram_gets_numpys_minimum_norm_solution():
+    t, i, _, _ = synthetic(n=5, d_text=12)  # 5 pairs for 12 dimensions: the centred gram has rank 4
+    got = fit(t, i, ridge=0.0)
+    t64, i64 = t.double().numpy(), i.double().numpy()
+    tc, ic = t64 - t64.mean(0), i64 - i64.mean(0)
+    want = np.linalg.lstsq(tc, ic, rcond=None)[0].T  # numpy's minimum-norm least squares
+    np.testing.assert_allclose(got.weight.numpy(), want, atol=1e-4)
+    assert torch.isfinite(got.bias).all()
+
+
+def test_fit_runs_where_the_embeddings_are():
+    """A GPU run hands over GPU embeddings: every tensor of the fit is made on their device (the meta device
+    stands in for CUDA here: a CPU tensor meeting it fails, as it does on CUDA)."""
+    t, i = torch.empty(40, 12, device="meta"), torch.empty(40, 9, device="meta")
+    got = fit(t, i)
+    assert got.weight.device.type == "meta" and got.weight.shape == (9, 12) and got.bias.shape == (9,)
+
+
 def test_ridge_shrinks_the_map_and_round_trips_through_a_file(tmp_path):
     t, i, _, _ = synthetic(n=30, noise=0.5)
     plain, shrunk = fit(t, i, 0.0), fit(t, i, 100.0)

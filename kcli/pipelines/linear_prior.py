@@ -53,7 +53,7 @@ class LinearPrior:
 def fit(text: torch.Tensor, image: torch.Tensor, ridge: float = 1e-3) -> LinearPrior:
     """Least squares ``image ≈ text W^T + b`` with an L2 penalty ``ridge`` on W (not on b), in float64.
 
-    Centering both sides separates the bias: W solves (Tc^T Tc + ridge I) W^T = Tc^T Ic, b = mean(I) - W mean(T).
+    Centering both sides separates the bias: W minimises |Tc W^T - Ic|^2 + ridge |W|^2, b = mean(I) - W mean(T).
     """
     if text.ndim != 2 or image.ndim != 2 or text.shape[0] != image.shape[0]:
         raise KandinskyError(f"text and image embeddings do not pair up: {tuple(text.shape)} vs {tuple(image.shape)}")
@@ -64,8 +64,14 @@ def fit(text: torch.Tensor, image: torch.Tensor, ridge: float = 1e-3) -> LinearP
     t, i = text.double(), image.double()
     t_mean, i_mean = t.mean(0), i.mean(0)
     tc, ic = t - t_mean, i - i_mean
-    gram = tc.T @ tc + ridge * torch.eye(t.shape[1], dtype=torch.float64)
-    w_t = torch.linalg.lstsq(gram, tc.T @ ic).solution  # (D_text, D_image); lstsq copes with a singular gram
+    # Ridge as extra rows, [Tc; sqrt(ridge) I] W^T = [Ic; 0], solved through the SVD pseudo-inverse: the
+    # minimum-norm solution even when the pairs are fewer than the dimensions (ridge 0), the same on every
+    # device (CUDA's lstsq has only the "gels" driver, which assumes full rank), and without the squared
+    # condition number of the normal equations.
+    d = t.shape[1]
+    design = torch.cat([tc, ridge ** 0.5 * torch.eye(d, dtype=torch.float64, device=t.device)])
+    target = torch.cat([ic, ic.new_zeros(d, ic.shape[1])])
+    w_t = torch.linalg.pinv(design) @ target  # (D_text, D_image)
     weight = w_t.T
     bias = i_mean - weight @ t_mean
     return LinearPrior(weight.float(), bias.float())
