@@ -20,7 +20,7 @@ from PIL import Image
 from test_cli import one_line_error
 
 from kcli.loading import download, hub
-from kcli.loading.errors import CheckpointError
+from kcli.errors import CheckpointError
 from kcli.loading.registry import load_registry
 
 PARTS = ("prior", "decoder", "inpaint")

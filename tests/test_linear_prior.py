@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from test_cli import one_line_error, run
 
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 from kcli.pipelines.linear_prior import LinearPrior, fit
 from kcli.pipelines.offload import Placement
 from kcli.pipelines.prior import PriorStage

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from kcli.cli import batch, config, metadata
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 
 def test_shipped_presets_parse_and_use_known_keys():

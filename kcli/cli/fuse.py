@@ -11,7 +11,7 @@ from kcli.cli import app
 from kcli.cli.errors import user_errors
 from kcli.cli.options import SAMPLING, GenOptions, generation_options, resolve
 from kcli.cli.output import IMAGE_SUFFIXES, slug
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 
 def classify(item: str, force: str | None) -> tuple[str, str]:

@@ -10,7 +10,7 @@ import typer
 from kcli.cli import app
 from kcli.cli.errors import user_errors
 from kcli.cli.options import SAMPLING, GenOptions, generation_options, resolve
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 PASTE_HELP = "Do not paste the original's pixels back outside the repainted area."
 

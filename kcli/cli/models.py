@@ -149,7 +149,7 @@ def info(name: Name) -> None:
 def path(name: Name) -> None:
     """Print the folder of each cached part (prior, decoder, inpaint), one per line."""
     from kcli.loading import download
-    from kcli.loading.errors import KandinskyError
+    from kcli.errors import KandinskyError
     from kcli.loading.hub import not_cached_message, owner, target
 
     with user_errors():
@@ -170,7 +170,7 @@ def verify(name: Name) -> None:
     """Hash every cached file against the hub's checksum; a file that fails is removed (pull fetches it again)."""
     from kcli.cli import render
     from kcli.loading import download
-    from kcli.loading.errors import KandinskyError
+    from kcli.errors import KandinskyError
     from kcli.loading.hub import not_cached_message, owner, pull_hint, target
 
     with user_errors():

@@ -9,7 +9,7 @@ import string
 import time
 from pathlib import Path
 
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 FIELDS = {"date", "time", "slug", "seed", "index"}

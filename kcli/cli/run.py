@@ -21,7 +21,7 @@ from kcli import __version__
 from kcli.cli import batch, metadata, render
 from kcli.cli import output as out
 from kcli.cli.options import GenOptions
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 DEFAULT_SIZE = (512, 512)
 SAMPLER_OF = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim"}  # the checkpoint's own, by our names

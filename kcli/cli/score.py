@@ -11,7 +11,7 @@ import typer
 from kcli.cli import app
 from kcli.cli.errors import user_errors
 from kcli.cli.output import IMAGE_SUFFIXES
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 DEFAULT_CLIP_MODEL = "ViT-L-14/openai"  # kcli.models.openclip.DEFAULT, without importing torch at start-up
 

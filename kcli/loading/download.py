@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-from kcli.loading.errors import CheckpointError, KandinskyError
+from kcli.errors import CheckpointError, KandinskyError
 from kcli.loading.registry import RepoSpec
 
 MANIFEST = "kandinsky.json"
@@ -296,7 +296,7 @@ def choose_open_clip_files(repo: RepoSpec, files: dict[str, Remote]) -> list[Rem
 
 
 @dataclass
-class Plan:
+class Transfer:
     repo: RepoSpec
     commit: str
     files: list[Remote]
@@ -319,7 +319,7 @@ def _blob_ok(path: Path, size: int) -> bool:
         return False
 
 
-def plan(repo: RepoSpec) -> Plan:
+def transfer_for(repo: RepoSpec) -> Transfer:
     """Ask the hub what to fetch; a registry entry's files, sizes and sha256 must match what it lists."""
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
@@ -333,11 +333,11 @@ def plan(repo: RepoSpec) -> Plan:
                               f"({_first_line(e)}): is HF_ENDPOINT a hub?") from None
     if repo.files is None:
         if repo.layout == "open_clip":
-            return Plan(repo, commit, choose_open_clip_files(repo, listed))
+            return Transfer(repo, commit, choose_open_clip_files(repo, listed))
         files = choose_files(listed)
         if not files:
             raise CheckpointError(f"{repo.id} has no configs or safetensors weights at revision {repo.ref}")
-        return Plan(repo, commit, files)
+        return Transfer(repo, commit, files)
     files = []
     for spec in repo.files:
         remote = listed.get(spec.path)
@@ -350,7 +350,7 @@ def plan(repo: RepoSpec) -> Plan:
             raise CheckpointError(f"{repo.id}/{spec.path} on the hub has sha256 {remote.etag}, the registry "
                                   f"says {spec.sha256}: refusing to fetch it")
         files.append(remote)
-    return Plan(repo, commit, files)
+    return Transfer(repo, commit, files)
 
 
 # ---- moving bytes --------------------------------------------------------------------------------------
@@ -381,7 +381,7 @@ def _space_error(folder: Path) -> CheckpointError:
                            "again (the partial download is kept and resumes)")
 
 
-def _download(p: Plan, f: Remote, progress: Progress) -> None:
+def _download(p: Transfer, f: Remote, progress: Progress) -> None:
     """Fetch one file into ``blobs/<etag>``, resuming ``blobs/<etag>.incomplete`` if a run left one."""
     import httpx2
     from huggingface_hub import constants, hf_hub_url
@@ -451,7 +451,7 @@ def _download(p: Plan, f: Remote, progress: Progress) -> None:
     progress.finished(name)
 
 
-def _link(p: Plan, f: Remote) -> None:
+def _link(p: Transfer, f: Remote) -> None:
     """``snapshots/<commit>/<path>`` -> ``blobs/<etag>``: a relative symlink, else a hard link, else a copy."""
     pointer = p.folder / "snapshots" / p.commit / f.path
     pointer.parent.mkdir(parents=True, exist_ok=True)
@@ -468,7 +468,7 @@ def _link(p: Plan, f: Remote) -> None:
             shutil.copyfile(p.blob(f), pointer)
 
 
-def _lock(p: Plan, f: Remote):
+def _lock(p: Transfer, f: Remote):
     from huggingface_hub.utils import WeakFileLock
 
     lock = cache_dir() / ".locks" / p.folder.name / f"{f.etag}.lock"
@@ -485,7 +485,7 @@ def _free_space(folder: Path) -> int:
     return 1 << 62
 
 
-def execute(plans: list[Plan], what: str, progress: Progress | None = None) -> None:
+def execute(plans: list[Transfer], what: str, progress: Progress | None = None) -> None:
     """Download what the plans lack (reporting the total first), then link and record each snapshot."""
     progress = progress or Progress()
     todo = [(p, f) for p in plans for f in p.todo()]
@@ -519,7 +519,7 @@ def execute(plans: list[Plan], what: str, progress: Progress | None = None) -> N
         _write_manifest(p.folder, p.commit, p.files)
 
 
-def _partial_size(p: Plan, f: Remote) -> int:
+def _partial_size(p: Transfer, f: Remote) -> int:
     part = p.blob(f).with_name(f.etag + ".incomplete")
     return min(part.stat().st_size, f.size) if part.exists() else 0
 
@@ -544,12 +544,12 @@ def fetch(repos: list[RepoSpec], *, what: str, offline: bool = False, progress: 
             if not state.complete:
                 raise NotCached(message)
         return [s.snapshot for s in states]
-    plans: dict[int, Plan] = {}
+    plans: dict[int, Transfer] = {}
     for i, state in enumerate(states):
         if state.complete and state.repo.revision:
             continue
         try:
-            plans[i] = plan(state.repo)
+            plans[i] = transfer_for(state.repo)
         except HubUnreachable:
             if state.complete:
                 continue  # a branch we cannot refresh: the cached snapshot will do

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kcli.loading.errors import CheckpointError, KandinskyError
+from kcli.errors import CheckpointError, KandinskyError
 from kcli.loading.registry import RepoSpec, is_repo_id
 
 DEFAULT = "ViT-L-14/openai"

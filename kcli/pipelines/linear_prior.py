@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 
 @dataclass

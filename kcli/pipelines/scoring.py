@@ -15,7 +15,8 @@ import torch
 from kcli.loading import download
 from kcli.models.openclip import DEFAULT, OpenCLIP, locate
 from kcli.pipelines.devices import resolve_device, resolve_dtype
-from kcli.pipelines.images import load_image, rgb
+from kcli.pipelines.files import load_image
+from kcli.pipelines.pixels import rgb
 
 BATCH = 16
 
