@@ -3,7 +3,8 @@
 import pytest
 from PIL import Image
 
-from kcli.cli import batch, config, metadata
+from kcli.cli import config, metadata
+from kcli.pipelines import batch
 from kcli.errors import KandinskyError
 
 

@@ -18,9 +18,9 @@ from typing import Annotated, Optional
 import typer
 
 from kcli.cli import app
+from kcli.cli.output import FIELDS
 from kcli.pipelines.settings import GENERATING, Loading, Output, base_type, settings_of, spec_of
 
-NAME_FIELDS = ("date", "time", "slug", "seed", "index")  # what --name templates may use (kcli/cli/output.py)
 CLI_TYPES = {str: str, int: int, float: float, bool: bool, Path: Path, tuple: str, list: str}
 
 
@@ -96,7 +96,7 @@ def generating(name: str, *classes, size: str = "512", doc: str):
 
     def register(run):
         params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
-        fill = {"size": size, "fields": " ".join(f"{{{n}}}" for n in NAME_FIELDS)}
+        fill = {"size": size, "fields": " ".join(f"{{{n}}}" for n in FIELDS)}
         made = [_parameter(f, fill) for f in fields]
         params += [p for p in made if p.kind is not inspect.Parameter.KEYWORD_ONLY]
         params += [p for p in made if p.kind is inspect.Parameter.KEYWORD_ONLY]

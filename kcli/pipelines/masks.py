@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 
 def repaint_mask(mask_image, width: int, height: int, invert: bool = False) -> np.ndarray:
@@ -32,9 +31,11 @@ def repaint_mask(mask_image, width: int, height: int, invert: bool = False) -> n
 GROWTH = ((-1, 0), (0, -1), (-1, -1), (1, 0), (0, 1), (1, 1))
 
 
-def keep_latent_mask(repaint: np.ndarray, latent_hw: tuple[int, int]) -> torch.Tensor:
-    """(1, 1, h, w) float, 1 = keep, at latent size (nearest), with the repaint area grown by one latent
+def keep_latent_mask(repaint: np.ndarray, latent_hw: tuple[int, int]):
+    """(1, 1, h, w) float tensor, 1 = keep, at latent size (nearest), with the repaint area grown by one latent
     pixel towards (i±1, j), (i, j±1), (i-1, j-1) and (i+1, j+1), as the reference's ``prepare_mask`` does."""
+    import torch
+
     keep = torch.from_numpy((~repaint).astype(np.float32))[None, None]
     keep = torch.nn.functional.interpolate(keep, size=latent_hw, mode="nearest")
     hole = keep[0, 0] != 1

@@ -15,8 +15,7 @@ import torch
 from PIL import Image
 
 from kcli.pipelines import canvas
-from kcli.pipelines.files import load_image
-from kcli.pipelines.masks import paste_original, repaint_mask
+from kcli.pipelines.masks import paste_original
 from kcli.pipelines.pixels import resize, resize_array, rgb, to_pixels
 from kcli.pipelines.requests import (
     DEFAULT_SIZE,
@@ -27,6 +26,7 @@ from kcli.pipelines.requests import (
     Request,
     TextToImage,
     Vary,
+    _picture,
     normalise,
 )
 from kcli.pipelines.sizes import Size, center_crop, grid_size
@@ -42,9 +42,7 @@ class Recipe:
     finish: Callable[[np.ndarray], np.ndarray]
 
 
-def picture(value, what: str) -> Image.Image:
-    """A request's picture: a PIL image as is, a path read from disk."""
-    return value if isinstance(value, Image.Image) else load_image(Path(value), what)
+picture = _picture  # a PIL image as is, a path read from disk
 
 
 def recipe(k, request: Request, events) -> Recipe:
@@ -126,11 +124,8 @@ def _fuse(k, request: Fuse, events, shown: Request) -> Recipe:
 
 def _inpaint(k, request: Inpaint) -> Recipe:
     image = picture(request.image, "image")
-    mask = request.mask if isinstance(request.mask, np.ndarray) else picture(request.mask, "mask")
     request = _sized(request, image.size)
-    repaint = mask if isinstance(mask, np.ndarray) else repaint_mask(mask, request.width, request.height,
-                                                                      invert=request.invert_mask)
-    return _repaint(k, request, image, repaint)
+    return _repaint(k, request, image, request.repaint(image))
 
 
 def _outpaint(k, request: Outpaint, events) -> Recipe:

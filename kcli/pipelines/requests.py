@@ -87,6 +87,7 @@ class ImageToImage(Prompted):
         if self.init is None:
             raise KandinskyError("image to image needs a picture to start from (--init)")
         check_strength(self.strength)
+        _picture(self.init, "--init image")
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ class Fuse(Request):
         if not self.items:
             raise KandinskyError("nothing to fuse: give texts and pictures")
         normalise(self.weights, len(self.items))
+        for item in self.items:
+            if not isinstance(item, str):
+                _picture(item, "image")
 
     @property
     def label(self) -> str:
@@ -127,6 +131,7 @@ class Vary(Request):
         super().check()
         if self.image is None:
             raise KandinskyError("vary needs a picture")
+        _picture(self.image, "image")
         if self.prompt and not 0 <= self.prompt_weight <= 1:
             raise KandinskyError(f"--prompt-weight must be in [0, 1], got {self.prompt_weight}")
 
@@ -165,6 +170,16 @@ class Inpaint(OnPicture):
         super().check()
         if self.image is None or self.mask is None:
             raise KandinskyError("inpaint needs --image and --mask")
+        self.repaint(_picture(self.image, "image"))
+
+    def repaint(self, image):
+        """(height, width) bool at the output's size, True = repaint; refuses a mask with nothing, or all, to do."""
+        from kcli.pipelines.masks import repaint_mask
+
+        width, height = self.width or image.width, self.height or image.height
+        if not isinstance(self.mask, (str, Path)) and not hasattr(self.mask, "convert"):
+            return self.mask  # already a (height, width) bool array
+        return repaint_mask(_picture(self.mask, "mask"), width, height, invert=self.invert_mask)
 
 
 @dataclass(frozen=True)
@@ -179,9 +194,21 @@ class Outpaint(OnPicture):
             raise KandinskyError("outpaint needs --image and --expand")
         if self.width or self.height:
             raise KandinskyError("outpaint takes its size from --expand, not --width/--height")
+        from kcli.pipelines.canvas import parse_expand
+
+        parse_expand(self.expand, *_picture(self.image, "image").size)
 
 
 REQUESTS = (TextToImage, ImageToImage, Fuse, Vary, Inpaint, Outpaint)
+
+
+def _picture(value, what: str):
+    """A request's picture: a PIL image as is, a path read from disk (errors name the file)."""
+    if hasattr(value, "convert"):
+        return value
+    from kcli.pipelines.files import load_image
+
+    return load_image(Path(value), what)
 
 
 def check_strength(strength: float) -> None:

@@ -108,10 +108,10 @@ class Sampling:
     seed: int | None = setting(None, "Random seed; image i of -n uses seed+i. Drawn and printed if left out (in "
                                "a batch: derived from each prompt, so reruns repeat).", min=0, file=False,
                                job=True, recorded=True)
-    width: int | None = setting(None, "Width in pixels (default: {size}).", short="-W",
-                                job=True, recorded=True)
-    height: int | None = setting(None, "Height in pixels (default: {size}).", short="-H",
-                                 job=True, recorded=True)
+    width: int | None = setting(None, "Width in pixels (default: {size}).", short="-W", job=True, recorded=True,
+                                commands=GENERATING - {"outpaint"})  # outpaint's size comes from --expand
+    height: int | None = setting(None, "Height in pixels (default: {size}).", short="-H", job=True, recorded=True,
+                                 commands=GENERATING - {"outpaint"})
     steps: int = setting(100, "Decoder denoising steps.", job=True, recorded=True)
     prior_steps: int = setting(25, "Prior denoising steps.", job=True, recorded=True)
     guidance: float = setting(4.0, "Decoder classifier-free guidance (1 = off).", job=True, recorded=True)
