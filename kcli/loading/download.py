@@ -25,28 +25,31 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from urllib.parse import quote
+from pathlib import Path
 
-from kcli.errors import CheckpointError, KandinskyError
+from kcli.errors import CheckpointError
+from kcli.loading.hubapi import (  # noqa: F401 (the hub's side, re-exported for callers of download)
+    HubUnreachable,
+    NotCached,
+    Remote,
+    _first_line,
+    _get_json,
+    _hub_error,
+    _listing,
+    choose_files,
+    choose_open_clip_files,
+    endpoint,
+    hub_offline,
+)
 from kcli.loading.registry import RepoSpec
 
 MANIFEST = "kandinsky.json"
 CHUNK = 1 << 20
 RETRIES = 3  # attempts in a row that receive nothing before a download is given up (and kept for next time)
-WANTED = (".json", ".txt", ".model", ".safetensors")  # configs, tokenizers, sentencepiece models, weights
 
 
 class DownloadInterrupted(CheckpointError):
     """The connection dropped for good in the middle of a file; its partial download is kept."""
-
-
-class NotCached(CheckpointError):
-    """Offline, and the cache lacks something."""
-
-
-class HubUnreachable(CheckpointError):
-    """No answer from the hub (network down, wrong HF_ENDPOINT, proxy)."""
 
 
 class Progress:
@@ -76,29 +79,7 @@ def repo_folder(repo_id: str) -> Path:
     return cache_dir() / ("models--" + repo_id.replace("/", "--"))
 
 
-def hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return constants.is_offline_mode()
-
-
-def endpoint() -> str:
-    from huggingface_hub import constants
-
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
 # ---- what is cached ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Remote:
-    """One file as the hub lists it at a commit."""
-
-    path: str
-    size: int
-    etag: str  # sha256 for LFS files, git blob sha1 otherwise
-    lfs: bool
 
 
 @dataclass
@@ -188,111 +169,6 @@ def remove(repo_id: str) -> int:
 
 
 # ---- talking to the hub --------------------------------------------------------------------------------
-
-
-def _hub_error(e: Exception, repo: RepoSpec, path: str | None = None) -> KandinskyError:
-    """One line for everything the hub or the network can answer."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(e, GatedRepoError):
-        return CheckpointError(f"repository {repo.id} is gated: accept its terms on the hub and set HF_TOKEN")
-    if isinstance(e, RepositoryNotFoundError):
-        return CheckpointError(f"repository {repo.id} was not found on the hub at {endpoint()} "
-                               "(a private repository needs HF_TOKEN)")
-    if isinstance(e, RevisionNotFoundError):
-        return CheckpointError(f"revision {repo.ref} of {repo.id} was not found on the hub")
-    if isinstance(e, RemoteEntryNotFoundError):
-        return CheckpointError(f"{repo.id} has no file {path or '?'} at revision {repo.ref}")
-    if isinstance(e, OfflineModeIsEnabled):
-        return NotCached(f"{repo.id} is not in the cache and HF_HUB_OFFLINE forbids downloading it")
-    if isinstance(e, HfHubHTTPError):
-        status = e.response.status_code if e.response is not None else "?"
-        return CheckpointError(f"the hub answered {status} for {repo.id}: {_first_line(e)}")
-    return HubUnreachable(f"cannot reach the hub at {endpoint()} ({_first_line(e)}): check the network, "
-                          "or add --offline to use only what is in the cache")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
-def _get_json(url: str, params: dict | None = None):
-    """GET a hub API url (no long retry loop: an unreachable hub should fail in seconds, not minutes)."""
-    import httpx2
-    from huggingface_hub import constants
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-
-    headers = build_hf_headers()
-    for attempt in range(2):
-        try:
-            r = get_session().get(url, headers=headers, params=params, timeout=constants.HF_HUB_ETAG_TIMEOUT,
-                                  follow_redirects=True)
-            hf_raise_for_status(r)
-            return r
-        except (httpx2.TimeoutException, httpx2.NetworkError):
-            if attempt:
-                raise
-            time.sleep(0.5)
-
-
-def _listing(repo: RepoSpec) -> tuple[str, dict[str, Remote]]:
-    """The commit ``repo.ref`` points to, and every file of the repository at that commit."""
-    base = f"{endpoint()}/api/models/{repo.id}"
-    commit = repo.revision
-    if commit is None:
-        commit = _get_json(f"{base}/revision/{quote(repo.ref, safe='')}").json()["sha"]
-    files: dict[str, Remote] = {}
-    url, params = f"{base}/tree/{commit}", {"recursive": "true"}
-    while url:
-        r = _get_json(url, params)
-        for entry in r.json():
-            if entry.get("type") == "file":
-                lfs = entry.get("lfs")
-                etag = lfs["oid"] if lfs else entry["oid"]
-                files[entry["path"]] = Remote(entry["path"], int(entry["size"]), etag, bool(lfs))
-        url, params = r.links.get("next", {}).get("url"), None
-    return commit, files
-
-
-def choose_files(files: dict[str, Remote]) -> list[Remote]:
-    """For a hub id given by hand: configs, tokenizer files and safetensors weights, never pickles; of an
-    fp32/fp16 pair of weights only the fp32 file; other variants (ema, ...) never."""
-    chosen = []
-    for path, remote in sorted(files.items()):
-        pure = PurePosixPath(path)
-        if pure.suffix not in WANTED or any(part.startswith(".") for part in pure.parts):
-            continue
-        if pure.suffix == ".safetensors":
-            stem = pure.name[: -len(".safetensors")]
-            base, _, variant = stem.rpartition(".")
-            if variant and base and "-of-" not in variant:  # name.variant.safetensors
-                plain = str(pure.with_name(base + ".safetensors"))
-                if variant != "fp16" or plain in files:
-                    continue
-        chosen.append(remote)
-    return chosen
-
-
-OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
-OPEN_CLIP_FILES = ("open_clip_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
-
-
-def choose_open_clip_files(repo: RepoSpec, files: dict[str, Remote]) -> list[Remote]:
-    """An open_clip repository holds its weights several times over (open_clip pickle and safetensors, timm
-    formats): only the open_clip safetensors, its config and any tokenizer files are fetched."""
-    if OPEN_CLIP_WEIGHTS not in files:
-        raise CheckpointError(f"{repo.id} has no {OPEN_CLIP_WEIGHTS} at revision {repo.ref} (kandinsky loads "
-                              "safetensors only, never pickled weights)")
-    return [files[p] for p in (OPEN_CLIP_WEIGHTS, *OPEN_CLIP_FILES) if p in files]
 
 
 @dataclass
@@ -557,64 +433,6 @@ def fetch(repos: list[RepoSpec], *, what: str, offline: bool = False, progress: 
     execute(list(plans.values()), what, progress)
     return [plans[i].folder / "snapshots" / plans[i].commit if i in plans else s.snapshot
             for i, s in enumerate(states)]
-
-
-# ---- checking what is cached ---------------------------------------------------------------------------
-
-
-@dataclass
-class Check:
-    repo: RepoSpec
-    path: str
-    ok: bool
-    reason: str = ""
-
-
-def verify(repo: RepoSpec, progress: Progress | None = None, *, repair: bool = True) -> list[Check]:
-    """Hash every cached file of ``repo`` against the hub's ETag it was stored under (and the registry's
-    sha256 where it records one). With ``repair`` a file that fails is deleted, so a pull fetches it again."""
-    progress = progress or Progress()
-    state = inspect(repo)
-    if state.commit is None:
-        return [Check(repo, "(everything)", False, "not in the cache")]
-    recorded = recorded_files(repo, state.commit)
-    wanted = {f.path: f for f in repo.files} if repo.files is not None else {p: None for p in recorded}
-    folder = repo_folder(repo.id)
-    checks = []
-    for path, spec in wanted.items():
-        entry = recorded.get(path)
-        pointer = folder / "snapshots" / state.commit / path
-        if entry is None or not pointer.exists():
-            checks.append(Check(repo, path, False, "missing"))
-            continue
-        remote = Remote(path, int(entry["size"]), entry["etag"], bool(entry["lfs"]))
-        name = f"{repo.id.split('/')[-1]}/{path}"
-        progress.started(name, remote.size, 0)
-        try:
-            size = pointer.stat().st_size
-            digest = file_digest(pointer, remote, lambda done, name=name: progress.advanced(name, done)) \
-                if size == remote.size else ""
-            reason = ""
-        except OSError as e:
-            size, digest, reason = -1, "", _first_line(e)
-        progress.finished(name)
-        if reason:
-            pass  # unreadable
-        elif size != remote.size:
-            reason = f"{size} bytes, expected {remote.size}"
-        elif digest != remote.etag:
-            reason = f"{'sha256' if remote.lfs else 'git sha1'} {digest}, expected {remote.etag}"
-        elif spec is not None and spec.sha256 is not None and digest != spec.sha256:
-            reason = f"sha256 {digest}, the registry records {spec.sha256}"
-        if not reason:
-            checks.append(Check(repo, path, True))
-            continue
-        checks.append(Check(repo, path, False, reason))
-        if repair:
-            for p in (pointer, folder / "blobs" / remote.etag):
-                if p.is_symlink() or p.exists():
-                    p.unlink()
-    return checks
 
 
 def human_size(n: float) -> str:

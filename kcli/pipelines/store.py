@@ -4,6 +4,7 @@ of time, checking and freeing space. A thin public face over ``kcli.loading`` (f
 from __future__ import annotations
 
 from kcli.loading.cache import home
+from kcli.loading.checks import verify
 from kcli.loading.download import (
     cache_dir,
     disk_usage,
@@ -13,7 +14,6 @@ from kcli.loading.download import (
     recorded_files,
     remove,
     repo_folder,
-    verify,
 )
 from kcli.loading.hub import not_cached_message, owner, pull_hint, repo_spec, target
 from kcli.loading.registry import FileSpec, load_registry
