@@ -89,7 +89,7 @@ def convert(f, value):
         raise KandinskyError(f"--{f.name}: give numbers separated by commas, e.g. 0.3,0.7") from None
 
 
-def generating(name: str, *classes, size: str = "512", doc: str):
+def generating(name: str, *classes, size: str = "512", doc: str, into: typer.Typer = app):
     """Register command ``name``, offering the settings of ``classes`` (see the module docstring)."""
     fields = offered(name, *classes)
     assert name in GENERATING or classes
@@ -114,7 +114,7 @@ def generating(name: str, *classes, size: str = "512", doc: str):
         command.__signature__ = inspect.Signature(params)
         command.__doc__ = doc
         command.__name__ = run.__name__
-        app.command(name)(command)
+        into.command(name)(command)
         return run
 
     return register
