@@ -12,19 +12,19 @@ stays and the next run resumes it with a Range request. Each file is hashed as i
 files, git's blob sha1 for the rest, which is what the hub's ETag is) and renamed into place only when it
 matches, under the same lock file huggingface_hub uses.
 
-This module imports nothing else from kcli but the loading layer, and never prints: ``Progress`` callbacks
-report what happens.
+The hub's HTTP side lives in ``hubapi.py``, the cache's layout in ``snapshots.py``, verification in
+``checks.py``. This module imports nothing else from kcli but the loading layer and the errors, and never
+prints: ``Progress`` callbacks report what happens.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kcli.errors import CheckpointError
@@ -42,8 +42,16 @@ from kcli.loading.hubapi import (  # noqa: F401 (the hub's side, re-exported for
     hub_offline,
 )
 from kcli.loading.registry import RepoSpec
-
-MANIFEST = "kandinsky.json"
+from kcli.loading.snapshots import (  # noqa: F401 (the cache's side, re-exported for callers of download)
+    Cached,
+    _write_manifest,
+    cache_dir,
+    disk_usage,
+    inspect,
+    recorded_files,
+    remove,
+    repo_folder,
+)
 CHUNK = 1 << 20
 RETRIES = 3  # attempts in a row that receive nothing before a download is given up (and kept for next time)
 
@@ -66,106 +74,6 @@ class Progress:
 
     def finished(self, name: str) -> None:
         """The file is complete and checked."""
-
-
-def cache_dir() -> Path:
-    """Where checkpoints live: ``$KANDINSKY_HOME/hub``, by default under the platform's cache folder."""
-    from kcli.loading.cache import home  # the one place that decides where kandinsky keeps things
-
-    return home() / "hub"
-
-
-def repo_folder(repo_id: str) -> Path:
-    return cache_dir() / ("models--" + repo_id.replace("/", "--"))
-
-
-# ---- what is cached ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Cached:
-    """The state of one repository in the cache."""
-
-    repo: RepoSpec
-    commit: str | None = None
-    snapshot: Path | None = None  # set when every needed file is present with the right size
-    missing: list[str] = field(default_factory=list)
-    damaged: list[str] = field(default_factory=list)  # present with the wrong size
-
-    @property
-    def complete(self) -> bool:
-        return self.snapshot is not None
-
-
-def _read_manifest(folder: Path) -> dict:
-    try:
-        data = json.loads((folder / MANIFEST).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_manifest(folder: Path, commit: str, files: list[Remote]) -> None:
-    data = _read_manifest(folder)
-    data[commit] = {"files": {f.path: {"size": f.size, "etag": f.etag, "lfs": f.lfs} for f in files}}
-    tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, folder / MANIFEST)
-
-
-def _commit_for(folder: Path, repo: RepoSpec) -> str | None:
-    if repo.revision:
-        return repo.revision
-    try:
-        return (folder / "refs" / repo.ref).read_text().strip() or None
-    except OSError:
-        return None
-
-
-def recorded_files(repo: RepoSpec, commit: str) -> dict[str, dict]:
-    return _read_manifest(repo_folder(repo.id)).get(commit, {}).get("files", {})
-
-
-def inspect(repo: RepoSpec) -> Cached:
-    """What the cache holds for ``repo``, from file sizes only (cheap: reads no weights)."""
-    folder = repo_folder(repo.id)
-    state = Cached(repo, _commit_for(folder, repo))
-    if state.commit is None:
-        state.missing = [f.path for f in repo.files or ()] or ["(everything)"]
-        return state
-    recorded = recorded_files(repo, state.commit)
-    expected = {f.path: f.size for f in repo.files} if repo.files is not None else {
-        p: e.get("size") for p, e in recorded.items()}
-    if not expected:
-        state.missing = ["(everything)"]
-        return state
-    snap = folder / "snapshots" / state.commit
-    for path, size in expected.items():
-        entry = recorded.get(path)
-        target = snap / path
-        if entry is None or not target.exists():
-            state.missing.append(path)
-        elif target.stat().st_size != entry.get("size") or (size is not None and size != entry.get("size")):
-            state.damaged.append(path)
-    if not state.missing and not state.damaged:
-        state.snapshot = snap
-    return state
-
-
-def disk_usage(repo_id: str) -> int:
-    """Bytes the repository's blobs (finished and partial) take."""
-    blobs = repo_folder(repo_id) / "blobs"
-    return sum(p.stat().st_size for p in blobs.iterdir() if p.is_file()) if blobs.is_dir() else 0
-
-
-def remove(repo_id: str) -> int:
-    """Delete a repository from the cache; returns the bytes freed."""
-    folder = repo_folder(repo_id)
-    freed = disk_usage(repo_id)
-    if folder.exists():
-        shutil.rmtree(folder)
-    shutil.rmtree(cache_dir() / ".locks" / folder.name, ignore_errors=True)
-    return freed
 
 
 # ---- talking to the hub --------------------------------------------------------------------------------
