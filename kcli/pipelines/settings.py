@@ -163,7 +163,7 @@ def job_keys(*classes) -> dict[str, type]:
     keys = {"prompt": str}
     keys.update({f.name: base_type(f.type) for cls in (GROUPS + classes) for f in settings_of(cls)
                  if spec_of(f).job})
-    return keys
+    return {k: str if t is Path else t for k, t in keys.items()}  # JSON has no paths: they are strings
 
 
 def recorded_names(cls) -> list[str]:
