@@ -30,6 +30,18 @@ class Job:
     overrides: dict = field(default_factory=dict)
     error: str | None = None  # set when the line itself is bad
 
+    def request(self, kind, **defaults):
+        """The request of type ``kind`` this job asks for: ``defaults`` under the line's own settings, its seed
+        the line's or, without one, derived from the line (``job_seed``)."""
+        from kcli.pipelines.settings import settings_of
+
+        if self.error:
+            raise KandinskyError(self.error)
+        names = {f.name for f in settings_of(kind)}
+        values = {**defaults, **{k: v for k, v in self.overrides.items() if k in names}, "prompt": self.prompt}
+        made = kind(**{k: v for k, v in values.items() if k in names})
+        return made if made.seed is not None else made.seeded(job_seed(self))
+
 
 def job_seed(job: Job) -> int:
     """A seed for a job that names none: from its line and prompt, so a rerun repeats."""
