@@ -26,6 +26,8 @@ def recorded(meta: dict) -> dict:
         values.update({k: ckpt[k] for k in ("prior", "decoder") if ckpt.get(k)})
         if not (ckpt.get("prior") or ckpt.get("decoder")) and meta.get("model") not in (None, "custom"):
             values["model"] = meta["model"]
+        if meta.get("dtype"):
+            values["dtype"] = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(meta["dtype"])
     values["num_images"] = 1
     return values
 
