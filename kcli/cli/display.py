@@ -104,8 +104,10 @@ class Display(DownloadView):
         self._bars_: Progress | None = None
         self._stages: dict[str, int] = {}
         self._began: dict[str, float] = {}
-        self.prefix = ""
+        self.prefix = ""  # the job, the image and the best-of candidate a stage belongs to
         self.job_prefix = ""
+        self.image_prefix = ""
+        self._last = time.perf_counter()  # the latest event: where the next stage's time starts
         self.saved_rows: list[tuple[str, str, str, str]] = []
 
     def _stage_bars(self) -> Progress:
@@ -131,30 +133,33 @@ class Display(DownloadView):
 
     def image(self, index: int, count: int, seed: int, candidate: tuple[int, int] | None = None) -> None:
         """An image (or a best-of candidate) starts: its stages start over, labelled with it."""
-        self.prefix = self.job_prefix + (f"[{index}/{count}] " if count > 1 else "")
+        self.image_prefix = self.prefix = self.job_prefix + (f"[{index}/{count}] " if count > 1 else "")
         if candidate is not None:
             self.prefix += f"candidate {candidate[0]}/{candidate[1]} (seed {seed}) "
+        self._last = time.perf_counter()
 
     def progress(self, stage: str, done: int, total: int) -> None:
         if self.quiet:
             return
-        label = STAGES.get(stage, stage) if stage == "load" else self.prefix + STAGES.get(stage, stage)
+        prefix = "" if stage == "load" else self.image_prefix if stage == "score" else self.prefix
+        label = prefix + STAGES.get(stage, stage)
         now = time.perf_counter()
-        if done == 0 or stage not in self._began:
-            self._began[stage] = now
+        if stage not in self._began:  # samplers report after each step: the stage began with the last event
+            self._began[stage] = now if done == 0 else self._last
+        self._last, elapsed = now, now - self._began[stage]
+        if done == total:
+            del self._began[stage]
         if not self.live:
             if done == total:
-                self.console.print(self._line(stage, label, total, now - self._began.pop(stage, now)),
-                                   highlight=False, soft_wrap=True)
+                self.console.print(self._line(stage, label, total, elapsed), highlight=False, soft_wrap=True)
             return
         bars = self._stage_bars()
         if stage not in self._stages:
             self._stages[stage] = bars.add_task(label, total=total, rate="")
         task = self._stages[stage]
-        if done == 0:
+        if done == 0 or label != bars.tasks[[t.id for t in bars.tasks].index(task)].description:
             bars.reset(task, total=total, description=label, rate="")
-        bars.update(task, completed=done, total=total, description=label)
-        elapsed = now - self._began[stage]
+        bars.update(task, completed=done, total=total)
         if done and elapsed > 0:
             bars.update(task, rate=_rate(done, elapsed))
 
@@ -166,7 +171,7 @@ class Display(DownloadView):
             return f"{label}: done in {seconds:.1f} s"
         if stage == "decode":
             return f"{label}: {seconds:.1f} s"
-        unit = "steps" if stage in ("prior", "decoder") else "done"
+        unit = {"prior": "steps", "decoder": "steps", "score": "candidates"}.get(stage, "done")
         return f"{label}: {total} {unit}, {_rate(total, seconds)}, {seconds:.1f} s"
 
     # ---- what the command line adds ------------------------------------------------------------------------
