@@ -331,3 +331,32 @@ def test_models_help_does_not_import_torch():
             "print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_the_python_api_opens_a_model_by_name_and_swaps_in_the_inpainting_decoder(server, env, pictures):
+    """What the command line does, from Python: a registry name, downloads reported, outpaint's canvas planned
+    below the CLI, and the inpainting decoder fetched and loaded when a request needs it."""
+    import numpy as np
+    from PIL import Image
+
+    from kcli.pipelines import Kandinsky, Outpaint, TextToImage
+
+    heard = []
+
+    class Listener:
+        def planned(self, what, files, todo, cached, folder):
+            heard.append(f"planned {what}")
+
+        def note(self, message):
+            heard.append(message)
+
+    k = Kandinsky.open("tiny", device="cpu", events=Listener())
+    assert heard[0] == "planned model tiny" and not k.decoder.is_inpainting
+    (plain,) = k.run(TextToImage(PROMPT, seed=1, width=64, height=64, steps=2, prior_steps=2))
+    assert plain.metadata["load"]["model"] == "tiny" and plain.metadata["mode"] == "generate"
+    (grown,) = k.run(Outpaint("sky", image=pictures["picture"], expand="left=64", seed=2, steps=2, prior_steps=2))
+    assert k.decoder.is_inpainting and "canvas 192x64 (128x64 grown by left 64)" in heard
+    assert grown.image.size == (192, 64)
+    original = np.asarray(Image.open(pictures["picture"]).convert("RGB"))
+    assert np.array_equal(np.asarray(grown.image)[:, 64:], original)
+    assert grown.metadata["inputs"]["expand"] == "left=64"
