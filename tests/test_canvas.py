@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 from kcli.pipelines import canvas
-from kcli.pipelines.images import load_image, paste_original, repaint_mask
+from kcli.pipelines.files import load_image
+from kcli.pipelines.masks import paste_original, repaint_mask
 
 
 @pytest.mark.parametrize("spec,want", [
@@ -35,13 +36,13 @@ def test_bad_expand_is_refused(spec):
     ({"top": 20, "bottom": 20, "left": 0, "right": 0}, (512, 576), (0, 32)),
 ])
 def test_canvas_rounds_growing_axes_to_the_grid(grow, size, pos):
-    c = canvas.plan_canvas(512, 512, grow, 64)
+    c = canvas.fit_canvas(512, 512, grow, 64)
     assert (c.width, c.height) == size and (c.left, c.top) == pos
 
 
 def test_canvas_leaves_a_still_axis_alone_and_mask_marks_only_the_new_area():
     picture = Image.fromarray(np.arange(50 * 70 * 3, dtype=np.uint8).reshape(50, 70, 3))
-    c = canvas.plan_canvas(70, 50, {"top": 0, "bottom": 0, "left": 5, "right": 0}, 64)
+    c = canvas.fit_canvas(70, 50, {"top": 0, "bottom": 0, "left": 5, "right": 0}, 64)
     assert (c.width, c.height, c.left) == (128, 50, 58)
     board, repaint = canvas.build(picture, c)
     assert board.size == (128, 50) and repaint.shape == (50, 128)

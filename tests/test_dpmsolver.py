@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kcli.loading.errors import CheckpointError, KandinskyError
+from kcli.errors import CheckpointError, KandinskyError
 from kcli.samplers import decoder_sampler
 from kcli.samplers.denoise import denoise
 from kcli.samplers.dpmsolver import dpm_solver

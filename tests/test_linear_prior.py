@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from test_cli import one_line_error, run
 
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 from kcli.pipelines.linear_prior import LinearPrior, fit
-from kcli.pipelines.offload import Placement
+from kcli.pipelines.placement import Placement
 from kcli.pipelines.prior import PriorStage
 
 
@@ -128,12 +128,14 @@ def test_bad_inputs_end_in_one_line(prior22, decoder22, tmp_path, case, expect):
 
 
 def test_best_of_keeps_the_candidate_closest_to_the_prompt(prior22, decoder22, tmp_path):
-    from kcli.pipelines.kandinsky import Kandinsky, LoadOptions, Settings
+    from dataclasses import replace
 
-    k = Kandinsky.load(LoadOptions(prior22, decoder22, device="cpu"))
-    s = Settings("a red cat", seed=20, width=64, height=64, steps=2, prior_steps=2)
-    (best,) = k.generate(Settings(**{**s.__dict__, "best_of": 3}))
-    singles = [next(k.generate(Settings(**{**s.__dict__, "seed": 20 + j}))) for j in range(3)]
+    from kcli.pipelines import Kandinsky, TextToImage
+
+    k = Kandinsky.open(prior=str(prior22), decoder=str(decoder22), device="cpu")
+    s = TextToImage("a red cat", seed=20, width=64, height=64, steps=2, prior_steps=2)
+    (best,) = k.run(replace(s, best_of=3))
+    singles = [next(k.run(replace(s, seed=20 + j))) for j in range(3)]
     scores = [k.prior.clip_score(r.image, "a red cat") for r in singles]
     assert [seed for seed, _ in best.candidates] == [20, 21, 22]
     assert best.score == max(scores) and best.seed == 20 + scores.index(max(scores))

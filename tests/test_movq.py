@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import CONFIGS
 
-from kcli.loading.errors import CheckpointError
+from kcli.errors import CheckpointError
 from kcli.models.movq import MoVQ, MoVQConfig, load_movq
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import CONFIGS
 
-from kcli.loading.errors import CheckpointError
+from kcli.errors import CheckpointError
 from kcli.loading.weights import read_json
 from kcli.models.prior import PriorConfig, PriorTransformer, load_prior
 from kcli.samplers.unclip import UnCLIPConfig, UnCLIPSampler, sample_prior

@@ -124,7 +124,7 @@ def test_parser_refuses_what_a_typo_breaks(edit, message):
 
 
 def test_broken_registry_file_is_one_clear_error(tmp_path, monkeypatch):
-    from kcli.loading.errors import KandinskyError
+    from kcli.errors import KandinskyError
 
     bad = tmp_path / "registry.toml"
     bad.write_text('default = "x"\n[models.x]\nprior = "a/b"\n')
@@ -137,7 +137,7 @@ def test_broken_registry_file_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_unknown_model_names_the_known_ones():
-    from kcli.loading.errors import KandinskyError
+    from kcli.errors import KandinskyError
 
     with pytest.raises(KandinskyError, match=r"unknown model '3\.0': known models are 2\.2, 2\.1"):
         builtin().get("3.0")

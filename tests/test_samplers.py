@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kcli.loading.errors import CheckpointError
+from kcli.errors import CheckpointError
 from kcli.samplers import decoder_sampler
 from kcli.samplers.denoise import guide
 

@@ -125,15 +125,16 @@ def test_default_model_comes_from_the_hub_once_then_offline(clip_model, photos, 
 
 
 def test_best_of_with_the_open_clip_scorer_keeps_the_top_candidate(prior22, decoder22, clip_model, tmp_path):
-    from kcli.pipelines.kandinsky import Kandinsky, LoadOptions, Settings
-    from kcli.pipelines.scoring import Scorer
+    from dataclasses import replace
 
-    k = Kandinsky.load(LoadOptions(prior22, decoder22, device="cpu"))
-    scorer = Scorer.load(str(clip_model), device="cpu")
-    k.use_scorer(scorer)
-    s = Settings("a red cat", seed=40, width=64, height=64, steps=2, prior_steps=2)
-    (best,) = k.generate(Settings(**{**s.__dict__, "best_of": 4}))
-    singles = [next(k.generate(Settings(**{**s.__dict__, "seed": 40 + j}))) for j in range(4)]
+    from kcli.pipelines import Kandinsky, TextToImage
+
+    k = Kandinsky.open(prior=str(prior22), decoder=str(decoder22), device="cpu", scorer="openclip",
+                       clip_model=str(clip_model))
+    scorer = k.scorer
+    s = TextToImage("a red cat", seed=40, width=64, height=64, steps=2, prior_steps=2)
+    (best,) = k.run(replace(s, best_of=4))
+    singles = [next(k.run(replace(s, seed=40 + j))) for j in range(4)]
     scores = [scorer(r.image, "a red cat") for r in singles]
     prior_scores = [k.prior.clip_score(r.image, "a red cat") for r in singles]
     assert [seed for seed, _ in best.candidates] == [40, 41, 42, 43]
@@ -165,7 +166,7 @@ def test_best_of_with_the_open_clip_scorer_keeps_the_top_candidate(prior22, deco
     ("unknown-tag", "names no pretrained ViT-L-14: known are ViT-L-14/openai"),
     ("not-a-model-folder", "has no open_clip_model.safetensors"),
     ("both-prompt-sources", "give either --prompt or --prompts, not both"),
-    ("no-open-clip", 'pip install "kandinsky-cli[score]"'),
+    ("no-open-clip", 'pip install -e ".[score]" in the kandinsky checkout'),
     ("torchvision-for-another-torch", "torchvision must match torch; reinstall both"),
     ("best-of-bad-scorer", "unknown scorer 'clip': use prior or openclip"),
 ])

@@ -3,8 +3,9 @@
 import pytest
 from PIL import Image
 
-from kcli.cli import batch, config, metadata
-from kcli.loading.errors import KandinskyError
+from kcli.cli import config, metadata
+from kcli.errors import KandinskyError
+from kcli.pipelines import batch
 
 
 def test_shipped_presets_parse_and_use_known_keys():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import CONFIGS
 
-from kcli.loading.errors import CheckpointError
+from kcli.errors import CheckpointError
 from kcli.models.unet import UNet, UNetConfig, load_unet
 
 REAL = {

@@ -3,8 +3,8 @@
     built-in defaults  <  user config  <  --preset  <  flags given on the command line
 
 Presets live in ``presets/`` (built in) and in a ``presets/`` folder beside the user config (the user's
-own, found first). Both are TOML files of ``key = value`` lines whose keys are the long flag names with underscores
-(``prior_steps = 10``). The user config may also name a default ``preset``. An unknown key is an error
+own, found first). Both are TOML files of ``key = value`` lines whose keys are the settings' names, as
+declared in ``kcli.pipelines.settings`` (``prior_steps = 10``; the flag is ``--prior-steps``). The user config may also name a default ``preset``. An unknown key is an error
 naming the key and the file, so a typo never passes silently.
 """
 
@@ -14,7 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
+from kcli.pipelines import settings
+from kcli.pipelines.requests import REQUESTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,14 +24,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"  # in a checkout; a wheel has kcli/presets
-SETTING_TYPES = {
-    "negative": str, "width": int, "height": int, "steps": int, "prior_steps": int, "guidance": float,
-    "prior_guidance": float, "num_images": int, "best_of": int, "scorer": str, "clip_model": str,
-    "sampler": str, "prior_mode": str, "linear_prior": str, "model": str, "prior": str, "decoder": str,
-    "device": str, "dtype": str, "offload": str, "memory": str, "tile": bool, "compile": bool, "offline": bool,
-    "output": str, "overwrite": bool, "quiet": bool,
-}
-CONFIG_ONLY = {"preset": str, "cache_dir": str}
+SETTING_TYPES = settings.file_keys(*REQUESTS)  # every setting declared with file=True
+CONFIG_ONLY = settings.CONFIG_ONLY
 
 
 def config_path() -> Path:

@@ -24,7 +24,7 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
 @contextlib.contextmanager
 def user_errors():
     """Turn our errors, Ctrl-C and unexpected failures into one line and an exit code, never a traceback."""
-    from kcli.loading.errors import KandinskyError
+    from kcli.errors import KandinskyError
 
     try:
         yield

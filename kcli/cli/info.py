@@ -6,13 +6,11 @@
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from kcli import __version__
 from kcli.cli import app
 from kcli.cli.errors import user_errors
 
@@ -55,40 +53,10 @@ def config_show() -> None:
 
 @app.command()
 def doctor() -> None:
-    """Versions, devices, GPU memory, cache location and size, and the memory mode that would be used."""
+    """Versions, devices, GPU memory, the cache and the hub, and the memory level --memory auto picks."""
     from kcli.cli import render
 
     with user_errors():
-        import torch
+        from kcli.pipelines import system_report
 
-        from kcli.loading.cache import home
-        from kcli.pipelines.memory import plan
-
-        rows = [("kandinsky", __version__), ("python", platform.python_version()), ("torch", torch.__version__)]
-        for name in ("transformers", "safetensors", "huggingface_hub"):
-            try:
-                rows.append((name, __import__(name).__version__))
-            except ImportError:
-                rows.append((name, "missing"))
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:  # the version from the package record: importing open_clip would take seconds
-            rows.append(("open_clip", f"{version('open_clip_torch')} (kandinsky score, --scorer openclip)"))
-        except PackageNotFoundError:
-            rows.append(("open_clip", 'not installed: kandinsky score needs pip install "kandinsky-cli[score]"'))
-        rows.append(("CPU", f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                            f"{torch.backends.cpu.get_cpu_capability()}"))
-        if torch.cuda.is_available():
-            for i in range(torch.cuda.device_count()):
-                free, total = torch.cuda.mem_get_info(i)
-                rows.append((f"cuda:{i}", f"{torch.cuda.get_device_name(i)}, {free / 2**30:.1f} of "
-                                          f"{total / 2**30:.1f} GB free, bf16 {torch.cuda.is_bf16_supported()}"))
-            device = torch.device("cuda")
-        else:
-            rows.append(("GPU", "none (CUDA not available): runs on the CPU"))
-            device = torch.device("cpu")
-        root = home()
-        size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.is_dir() else 0
-        rows.append(("cache", f"{root} ({size / 2**30:.2f} GB)"))
-        rows.append(("memory mode", plan("auto", device).describe()))
-        render.key_values("kandinsky doctor", rows)
+        render.key_values("kandinsky doctor", system_report())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 JSON_KEY = "kandinsky"
 A1111_KEY = "parameters"

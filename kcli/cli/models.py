@@ -12,7 +12,10 @@ from typing import Annotated
 import typer
 
 from kcli.cli import app
+from kcli.cli.display import DownloadView
 from kcli.cli.errors import EXIT_INTERRUPTED, fail, user_errors
+from kcli.errors import KandinskyError
+from kcli.pipelines import store
 
 models_app = typer.Typer(name="models", help="List, download, check and remove checkpoints.",
                          no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,10 +32,9 @@ def _parts(model, repos) -> list[tuple[str, object]]:
 
 
 def _state(repo) -> tuple[str, int]:
-    from kcli.loading import download
 
-    state = download.inspect(repo)
-    used = download.disk_usage(repo.id)
+    state = store.inspect(repo)
+    used = store.disk_usage(repo.id)
     if state.complete:
         return "yes", used
     return ("partial" if used else "no"), used
@@ -55,11 +57,9 @@ def _known(repos, detail: bool = False) -> str:
 def list_models() -> None:
     """The known models, and every repository in the cache, with sizes."""
     from kcli.cli import render
-    from kcli.loading import download
-    from kcli.loading.registry import load_registry
 
     with user_errors():
-        registry = load_registry()
+        registry = store.load_registry()
         rows, known = [], set()
         for model in registry.models.values():
             states = [_state(r) for r in model.repos()]
@@ -71,13 +71,12 @@ def list_models() -> None:
                 cached = "yes (no inpaint)"
             rows.append([model.name + (" *" if model.name == registry.default else ""), model.description,
                          _known(model.repos()), cached, render.human_size(used) if used else "-"])
-        folder = download.cache_dir()
+        folder = store.cache_dir()
         others = sorted(p.name[len("models--"):].replace("--", "/", 1) for p in folder.glob("models--*")
                         if p.name[len("models--"):].replace("--", "/", 1) not in known) if folder.is_dir() else []
         for repo_id in others:
-            from kcli.loading.hub import repo_spec
 
-            state, used = _state(repo_spec(repo_id))
+            state, used = _state(store.repo_spec(repo_id))
             rows.append([repo_id, "(hub repository)", "?", state,
                          render.human_size(used) if used else "-"])
         render.table(["name", "description", "download", "cached", "on disk"], rows)
@@ -93,23 +92,21 @@ def pull(
 ) -> None:
     """Download a model ahead of time (resuming an interrupted download). Prints its folders."""
     from kcli.cli import render
-    from kcli.loading import download
-    from kcli.loading.hub import not_cached_message, owner, target
 
     with user_errors():
-        label, model, repos = target(name)
+        label, model, repos = store.target(name)
         if model is not None and no_inpaint:
             repos = repos[:2]
         try:
-            with render.DownloadView(quiet) as view:
-                paths = download.fetch(repos, what=label, progress=view,
-                                       hint=lambda repo: not_cached_message(owner(repo)))
+            with DownloadView(quiet) as view:
+                paths = store.fetch(repos, what=label, progress=view,
+                                       hint=lambda repo: store.not_cached_message(store.owner(repo)))
         except KeyboardInterrupt:
             raise fail("interrupted: the partial download is kept and resumes next time", EXIT_INTERRUPTED) from None
         for (role, _), path in zip(_parts(model, repos), paths):
             typer.echo(f"{role}\t{path}" if model is not None else str(path))
         if not quiet:
-            render.info(f"{label} is ready: {render.human_size(sum(download.disk_usage(r.id) for r in repos))} "
+            render.info(f"{label} is ready: {render.human_size(sum(store.disk_usage(r.id) for r in repos))} "
                         "in the cache")
 
 
@@ -117,13 +114,11 @@ def pull(
 def info(name: Name) -> None:
     """A model's repositories and files: revision, sizes, checksums, and what is cached."""
     from kcli.cli import render
-    from kcli.loading import download
-    from kcli.loading.hub import target
 
     with user_errors():
-        _, model, repos = target(name)
+        _, model, repos = store.target(name)
         for role, repo in _parts(model, repos):
-            state = download.inspect(repo)
+            state = store.inspect(repo)
             status, used = _state(repo)
             render.out_console().print(
                 f"[bold]{role}[/]: {repo.id} @ {repo.revision or 'main (not pinned)'}  "
@@ -133,10 +128,9 @@ def info(name: Name) -> None:
                 render.out_console().print(f"  {render.escape(str(state.snapshot))}", highlight=False)
             files = repo.files
             if files is None and state.commit:
-                from kcli.loading.registry import FileSpec
 
-                files = tuple(FileSpec(p, e.get("size"), e.get("etag") if e.get("lfs") else None)
-                              for p, e in sorted(download.recorded_files(repo, state.commit).items()))
+                files = tuple(store.FileSpec(p, e.get("size"), e.get("etag") if e.get("lfs") else None)
+                              for p, e in sorted(store.recorded_files(repo, state.commit).items()))
             rows = [[f.path, render.human_size(f.size) if f.size is not None else "?",
                      f.sha256[:12] if f.sha256 else "-",
                      "no" if f.path in state.missing else "damaged" if f.path in state.damaged else "yes"]
@@ -148,19 +142,16 @@ def info(name: Name) -> None:
 @models_app.command()
 def path(name: Name) -> None:
     """Print the folder of each cached part (prior, decoder, inpaint), one per line."""
-    from kcli.loading import download
-    from kcli.loading.errors import KandinskyError
-    from kcli.loading.hub import not_cached_message, owner, target
 
     with user_errors():
-        _, model, repos = target(name)
+        _, model, repos = store.target(name)
         lines = []
         for role, repo in _parts(model, repos):
-            state = download.inspect(repo)
+            state = store.inspect(repo)
             if state.snapshot is not None:
                 lines.append(f"{role}\t{state.snapshot}" if model is not None else str(state.snapshot))
         if not lines:
-            raise KandinskyError(not_cached_message(owner(repos[0]) if model is None else model.name))
+            raise KandinskyError(store.not_cached_message(store.owner(repos[0]) if model is None else model.name))
         for line in lines:
             typer.echo(line)
 
@@ -169,28 +160,25 @@ def path(name: Name) -> None:
 def verify(name: Name) -> None:
     """Hash every cached file against the hub's checksum; a file that fails is removed (pull fetches it again)."""
     from kcli.cli import render
-    from kcli.loading import download
-    from kcli.loading.errors import KandinskyError
-    from kcli.loading.hub import not_cached_message, owner, pull_hint, target
 
     with user_errors():
-        label, model, repos = target(name)
-        present = [r for r in repos if download.repo_folder(r.id).is_dir()]
+        label, model, repos = store.target(name)
+        present = [r for r in repos if store.repo_folder(r.id).is_dir()]
         if not present:
-            raise KandinskyError(not_cached_message(owner(repos[0]) if model is None else model.name))
+            raise KandinskyError(store.not_cached_message(store.owner(repos[0]) if model is None else model.name))
         checks = []
-        with render.DownloadView(verb="checking", lines=False) as view:
+        with DownloadView(verb="checking", lines=False) as view:
             for repo in present:
-                checks += download.verify(repo, view)
+                checks += store.verify(repo, view)
         bad = [c for c in checks if not c.ok]
         for c in bad:
             render.err_console().print(f"[red]FAILED[/] {render.escape(f'{c.repo.id}/{c.path}: {c.reason}')}",
                                        highlight=False, soft_wrap=True)
         if bad:
-            pulled = model.name if model is not None else owner(repos[0])
+            pulled = model.name if model is not None else store.owner(repos[0])
             damaged = sum(c.reason != "missing" for c in bad)
             raise KandinskyError(f"{len(bad)} of {len(checks)} files of {label} are missing or damaged ({damaged} "
-                                 f"failed verification and were removed): {pull_hint(pulled)} to fetch them again")
+                                 f"failed verification and were removed): {store.pull_hint(pulled)} to fetch them again")
         typer.echo(f"{label}: {len(checks)} files verified")
 
 
@@ -201,16 +189,14 @@ def rm(
 ) -> None:
     """Remove a model from the cache and free its disk space."""
     from kcli.cli import render
-    from kcli.loading import download
-    from kcli.loading.hub import target
 
     with user_errors():
-        label, _, repos = target(name)
-        used = sum(download.disk_usage(r.id) for r in repos)
-        if not any(download.repo_folder(r.id).exists() for r in repos):
+        label, _, repos = store.target(name)
+        used = sum(store.disk_usage(r.id) for r in repos)
+        if not any(store.repo_folder(r.id).exists() for r in repos):
             render.info(f"{label} is not in the cache: nothing to remove")
             return
         if not yes and sys.stdin.isatty() and not typer.confirm(f"remove {label} ({render.human_size(used)})?"):
             raise typer.Exit(1)
-        freed = sum(download.remove(r.id) for r in repos)
+        freed = sum(store.remove(r.id) for r in repos)
         typer.echo(f"removed {label}: {render.human_size(freed)} freed")

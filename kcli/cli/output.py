@@ -9,10 +9,10 @@ import string
 import time
 from pathlib import Path
 
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
-FIELDS = {"date", "time", "slug", "seed", "index"}
+FIELDS = ("date", "time", "slug", "seed", "index")  # what --name templates may use
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -30,8 +30,8 @@ def folder_of(output: Path | None) -> Path:
 def render_name(template: str, prompt: str, seed: int, index: int) -> str:
     """A file name from ``template``; it stays a plain name inside the chosen folder."""
     used = {f for _, f, _, _ in string.Formatter().parse(template) if f}
-    if used - FIELDS:
-        raise KandinskyError(f"--name: unknown field {{{sorted(used - FIELDS)[0]}}} (use {', '.join(sorted(FIELDS))})")
+    if used - set(FIELDS):
+        raise KandinskyError(f"--name: unknown field {{{sorted(used - set(FIELDS))[0]}}} (use {', '.join(FIELDS)})")
     now = time.localtime()
     name = template.format(date=time.strftime("%Y%m%d", now), time=time.strftime("%H%M%S", now), slug=slug(prompt),
                            seed=seed, index=index)
@@ -40,7 +40,7 @@ def render_name(template: str, prompt: str, seed: int, index: int) -> str:
     return name if Path(name).suffix.lower() in IMAGE_SUFFIXES else name + ".png"
 
 
-def plan_outputs(output: Path | None, prompt: str, seeds: list[int], overwrite: bool,
+def output_paths(output: Path | None, prompt: str, seeds: list[int], overwrite: bool,
                  template: str = "{slug}-{seed}") -> list[Path]:
     """One path per image. ``output`` is a file (a name per seed when several) or a folder: an existing one,
     or any path without a file suffix (created when the first image is saved)."""

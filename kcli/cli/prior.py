@@ -11,7 +11,7 @@ import typer
 from kcli.cli import app
 from kcli.cli.errors import user_errors
 from kcli.cli.output import IMAGE_SUFFIXES
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 prior_app = typer.Typer(help="The prior's own tools: fit a linear prior.", no_args_is_help=True)
 app.add_typer(prior_app, name="prior")
@@ -60,6 +60,7 @@ def fit_command(
 ) -> None:
     """Fit a linear map from CLIP text to CLIP image embeddings; use it with --prior-mode linear."""
     from kcli.cli import render
+    from kcli.cli.display import Display
 
     with user_errors():
         if out is None or out.suffix != ".safetensors":
@@ -67,31 +68,11 @@ def fit_command(
         found = find_pairs(folder, pairs)
         if len(found) < 2:
             raise KandinskyError("a linear prior needs at least 2 captioned pictures")
-        from kcli.loading.hub import resolve
-        from kcli.loading.registry import load_registry
-        from kcli.pipelines.devices import resolve_device, resolve_dtype
-        from kcli.pipelines.images import load_image, rgb
-        from kcli.pipelines.linear_prior import fit
-        from kcli.pipelines.offload import Placement
-        from kcli.pipelines.prior import PriorStage
+        from kcli.pipelines import fit_linear_prior
 
-        if prior is None:
-            registry = load_registry()
-            prior = registry.get(model or registry.default).prior.id
-        folder_path = resolve(prior, offline=offline)
-        dev = resolve_device(device)
-        stage = PriorStage.load(folder_path, dtype=resolve_dtype(dtype, dev), placement=Placement("none", dev))
-        texts, images = [], []
-        with render.ProgressView() as view:
-            for i in range(0, len(found), 16):
-                chunk = found[i:i + 16]
-                t, im = stage.pair_embeddings([c for _, c in chunk], [rgb(load_image(p)) for p, _ in chunk])
-                texts.append(t)
-                images.append(im)
-                view("embed", min(i + 16, len(found)), len(found))
-        import torch
-
-        result = fit(torch.cat(texts), torch.cat(images), ridge)
+        with Display() as view:
+            result = fit_linear_prior(found, model=model, prior=prior, offline=offline, device=device, dtype=dtype,
+                                      ridge=ridge, events=view)
         out.parent.mkdir(parents=True, exist_ok=True)
         result.save(out, pairs=len(found), ridge=ridge, prior=prior)
         render.info(f"fitted on {len(found)} pairs: {tuple(result.weight.shape)} map written")

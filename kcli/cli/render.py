@@ -1,33 +1,17 @@
-"""Everything the user sees: the only module that touches Rich.
+"""What the user reads: messages, tables and records. With ``display.py``, the only modules that touch Rich.
 
-Human output goes to stderr, so stdout stays free for what scripts read. On a terminal one live
-display shows each stage with its bar, rate and ETA; elsewhere (pipes, CI logs) each stage prints
-one plain line when it ends.
+Human output goes to stderr, so stdout stays free for what scripts read (paths, JSON, tables asked for).
 """
 
 from __future__ import annotations
 
 import functools
-import time
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
-from kcli.loading.download import human_size
-
-STAGES = {"load": "loading models", "prior": "prior", "decoder": "decoder", "decode": "MoVQ decode",
-          "score": "CLIP score"}
+from kcli.pipelines.store import human_size  # noqa: F401 (sizes are shown by several commands)
 
 
 @functools.cache
@@ -49,70 +33,6 @@ def info(message: str) -> None:
     err_console().print(escape(message), highlight=False, soft_wrap=True)
 
 
-class ProgressView:
-    """Receives ``(stage, done, total)`` callbacks from the pipeline and draws them."""
-
-    def __init__(self, quiet: bool = False):
-        self.console = err_console()
-        self.quiet = quiet
-        self.live = self.console.is_terminal and not quiet
-        self.prefix = ""
-        self._progress: Progress | None = None
-        self._tasks: dict[str, int] = {}
-
-    def __enter__(self) -> ProgressView:
-        if self.live:
-            self._progress = Progress(
-                TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("[cyan]{task.fields[rate]:>10}"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
-            )
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    job_prefix = ""
-
-    def job(self, index: int, count: int, prompt: str) -> None:
-        """Start a job of a batch: one bar for the batch, and the job's stages below it."""
-        if count == 1 or self.quiet:
-            return
-        self.job_prefix = f"job {index}/{count} "
-        if self._progress is None:
-            self.console.print(f"job {index}/{count}: {escape(_short(prompt, 60))}", highlight=False)
-            return
-        if "batch" not in self._tasks:
-            self._tasks["batch"] = self._progress.add_task("batch", total=count, rate="")
-        self._progress.update(self._tasks["batch"], completed=index - 1)
-
-    def image(self, index: int, count: int) -> None:
-        """Start the stages of a new image (the previous image's bars make room)."""
-        self.prefix = self.job_prefix + (f"[{index}/{count}] " if count > 1 else "")
-        for stage in [k for k in self._tasks if k not in ("load", "batch")]:
-            if self._progress is not None:
-                self._progress.remove_task(self._tasks[stage])
-            del self._tasks[stage]
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        label = STAGES.get(stage, stage) if stage == "load" else self.prefix + STAGES.get(stage, stage)
-        if self._progress is None:
-            if done == total:
-                self.console.print(f"{label}: done", highlight=False)
-            return
-        if stage not in self._tasks:
-            self._tasks[stage] = self._progress.add_task(label, total=total, rate="")
-        task = self._tasks[stage]
-        self._progress.update(task, completed=done, total=total)
-        speed = next(t.speed for t in self._progress.tasks if t.id == task)
-        if speed:
-            self._progress.update(task, rate=f"{speed:.2f} it/s" if speed >= 1 else f"{1 / speed:.2f} s/it")
-
-
 def table(columns: list[str], rows: list[list[str]], title: str | None = None) -> None:
     """A borderless table on stdout (no colours when stdout is not a terminal)."""
     t = Table(*columns, title=escape(title) if title else None, box=None, pad_edge=False, header_style="bold",
@@ -120,66 +40,6 @@ def table(columns: list[str], rows: list[list[str]], title: str | None = None) -
     for row in rows:
         t.add_row(*map(escape, row))
     out_console().print(t, highlight=False)
-
-
-class DownloadView:
-    """Receives a download's callbacks (``kcli.loading.download.Progress``) and draws them: the total before
-    the first byte, then one bar per file with its size, speed and ETA. Off a terminal each file prints
-    one line when it is done; ``quiet`` prints nothing."""
-
-    def __init__(self, quiet: bool = False, verb: str = "downloading", lines: bool = True):
-        self.console = err_console()
-        self.quiet = quiet
-        self.verb = verb
-        self.lines = lines  # off a terminal, one line per finished file
-        self.live = self.console.is_terminal and not quiet
-        self._progress: Progress | None = None
-        self._tasks: dict[str, int] = {}
-        self._sizes: dict[str, int] = {}
-        self._drawn: dict[str, float] = {}
-
-    def __enter__(self) -> DownloadView:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-    def _bars(self) -> Progress:
-        if self._progress is None:
-            self._progress = Progress(
-                TextColumn("{task.description}", style="cyan"), BarColumn(), DownloadColumn(binary_units=False),
-                TransferSpeedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
-            )
-            self._progress.start()
-        return self._progress
-
-    def planned(self, what: str, files: int, todo: int, cached: int, folder) -> None:
-        if self.quiet:
-            return
-        already = f", {human_size(cached)} already in the cache" if cached else ""
-        self.console.print(escape(f"{self.verb} {what}: {human_size(todo)} ({files} files{already}) into {folder}"),
-                           highlight=False, soft_wrap=True)
-
-    def started(self, name: str, size: int, done: int) -> None:
-        self._sizes[name] = size
-        if self.live:
-            self._tasks[name] = self._bars().add_task(_short(name), total=size, completed=done)
-
-    def advanced(self, name: str, done: int) -> None:
-        now = time.monotonic()
-        if self.live and name in self._tasks and now - self._drawn.get(name, 0.0) >= 0.05:  # called per packet
-            self._drawn[name] = now
-            self._bars().update(self._tasks[name], completed=done)
-
-    def finished(self, name: str) -> None:
-        if self.quiet:
-            return
-        if self.live and name in self._tasks:
-            self._bars().update(self._tasks[name], completed=self._sizes[name])
-        elif not self.live and self.lines:
-            self.console.print(f"{name}: {human_size(self._sizes.get(name, 0))}", highlight=False, soft_wrap=True)
 
 
 def _short(name: str, width: int = 48) -> str:

@@ -11,9 +11,9 @@ import typer
 from kcli.cli import app
 from kcli.cli.errors import user_errors
 from kcli.cli.output import IMAGE_SUFFIXES
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
-DEFAULT_CLIP_MODEL = "ViT-L-14/openai"  # kcli.models.openclip.DEFAULT, without importing torch at start-up
+DEFAULT_CLIP_MODEL = "ViT-L-14/openai"  # the scorer's default (kcli.pipelines.scoring), named without torch
 
 
 def default_clip_model() -> str:
@@ -105,31 +105,33 @@ def score(
 ) -> None:
     """CLIP score of each picture against its prompt: the cosine similarity of their open_clip embeddings.
 
-    Needs the open_clip_torch package: pip install "kandinsky-cli\\[score]".
+    Needs the open_clip_torch package: pip install -e ".\\[score]" in the kandinsky checkout, or pip install
+    open_clip_torch.
     """
     from kcli.cli import render
+    from kcli.cli.display import Display, DownloadView
 
     with user_errors():
         if list_models:
-            from kcli.models.openclip import pretrained_names
+            from kcli.pipelines import clip_model_names
 
-            for name in pretrained_names():
+            for name in clip_model_names():
                 typer.echo(name)
             return
         if not images:
             raise KandinskyError("no pictures: give files or folders to score")
         paths = expand(images)
         texts = prompts_for(paths, prompt, prompts_file)
-        from kcli.pipelines.images import load_image
-        from kcli.pipelines.scoring import Scorer
+        from kcli.pipelines import Scorer
+        from kcli.pipelines.files import load_image
 
         for path in paths:  # before the model loads; the pixels are read later, a batch at a time
             load_image(path, header_only=True)
 
         name = clip_model or default_clip_model()
-        with render.DownloadView(quiet) as progress:
+        with DownloadView(quiet) as progress:
             scorer = Scorer.load(name, device=device, dtype=dtype, offline=offline, progress=progress)
-        with render.ProgressView(quiet or as_json) as view:
+        with Display(quiet or as_json) as view:
             scores = scorer.score(paths, texts, on_progress=view)
         rows = list(zip(paths, texts, scores))
         if sort:

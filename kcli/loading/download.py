@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from kcli.loading.errors import CheckpointError
+from kcli.errors import CheckpointError
 from kcli.loading.hubapi import (  # noqa: F401  (choose_files, hub_offline: part of this module's interface)
     HubUnreachable,
     NotCached,

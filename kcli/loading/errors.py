@@ -1,9 +1,4 @@
-"""The error types that reach the user as a one-line message."""
+"""Moved to ``kcli.errors`` (the bottom layer). Kept only so that branches written before the move still
+import; new code imports ``kcli.errors``."""
 
-
-class KandinskyError(Exception):
-    """A problem the user can fix (bad input, missing file, unsupported setting). Shown as one line."""
-
-
-class CheckpointError(KandinskyError):
-    """A checkpoint folder or file that is missing, damaged or does not fit its config."""
+from kcli.errors import CheckpointError, KandinskyError  # noqa: F401

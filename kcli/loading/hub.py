@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kcli.loading.errors import CheckpointError, KandinskyError
+from kcli.errors import CheckpointError, KandinskyError
 from kcli.loading.registry import ModelSpec, RepoSpec, is_repo_id, load_registry
 
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"

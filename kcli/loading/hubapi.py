@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-from kcli.loading.errors import CheckpointError, KandinskyError
+from kcli.errors import CheckpointError, KandinskyError
 from kcli.loading.registry import COMMIT, RepoSpec
 from kcli.loading.snapshots import Remote, blob_ok, first_line, repo_folder
 
@@ -69,8 +69,9 @@ def hub_error(e: Exception, repo: RepoSpec, path: str | None = None) -> Kandinsk
     if isinstance(e, HfHubHTTPError):
         status = e.response.status_code if e.response is not None else "?"
         return CheckpointError(f"the hub answered {status} for {repo.id}: {first_line(e)}")
-    return HubUnreachable(f"cannot reach the hub at {endpoint()} ({first_line(e)}): check the network, "
-                          "or add --offline to use only what is in the cache")
+    # the network is only needed for what the cache lacks, so --offline could not help here
+    return HubUnreachable(f"cannot reach the hub at {endpoint()} ({first_line(e)}): check the network "
+                          "(HF_ENDPOINT sets a mirror); the cache does not hold this yet")
 
 
 def _get_json(url: str, params: dict | None = None):

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 ENV = "KANDINSKY_REGISTRY"
 COMMIT = re.compile(r"^[0-9a-f]{40}$")

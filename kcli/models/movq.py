@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kcli.errors import CheckpointError
 from kcli.loading import keys
-from kcli.loading.errors import CheckpointError
 from kcli.loading.weights import load_module
 
 EPS = 1e-6

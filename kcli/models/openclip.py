@@ -1,6 +1,6 @@
 """An ``open_clip_torch`` CLIP model as a scorer: pictures and texts -> unit-length embeddings.
 
-open_clip is an optional dependency (``pip install "kandinsky-cli[score]"``): it brings torchvision, whose
+open_clip is an optional dependency (the ``[score]`` extra: ``pip install -e ".[score]"`` in a checkout): it brings torchvision, whose
 wheels pin one exact torch build. It is imported only here, and only when a scorer is loaded.
 
 Models are named as open_clip names them, ``ARCH/TAG`` (``ViT-L-14/openai``, the default; ``kandinsky score
@@ -21,13 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kcli.loading.errors import CheckpointError, KandinskyError
+from kcli.errors import CheckpointError, KandinskyError
 from kcli.loading.registry import RepoSpec, is_repo_id
 
 DEFAULT = "ViT-L-14/openai"
 CONFIG = "open_clip_config.json"
 WEIGHTS = "open_clip_model.safetensors"
-INSTALL_HINT = 'scoring with open_clip needs the open_clip_torch package: pip install "kandinsky-cli[score]"'
+# kandinsky is installed from a checkout (it is not on the package index under its project name)
+INSTALL = 'pip install -e ".[score]" in the kandinsky checkout, or pip install open_clip_torch'
+INSTALL_HINT = f"scoring with open_clip needs the open_clip_torch package: {INSTALL}"
 
 
 def import_open_clip():
@@ -38,7 +40,7 @@ def import_open_clip():
     except Exception as e:  # noqa: BLE001 -- typically torchvision built for another torch than the one installed
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise KandinskyError(f"open_clip cannot be imported ({type(e).__name__}: {first}): torchvision must match "
-                             f'torch; reinstall both with pip install "kandinsky-cli[score]"') from None
+                             f"torch; reinstall both ({INSTALL})") from None
     logging.getLogger("open_clip").setLevel(logging.ERROR)
     return open_clip
 

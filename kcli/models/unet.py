@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kcli.errors import CheckpointError
 from kcli.loading import keys
-from kcli.loading.errors import CheckpointError
 from kcli.loading.weights import load_module
 from kcli.models.layers import TimestepEmbedding, timestep_embedding
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 SIDES = ("top", "bottom", "left", "right")
 ITEM = re.compile(r"^\s*(top|bottom|left|right|all)\s*=\s*(\d+(?:\.\d+)?)\s*(%|px)?\s*$")
@@ -54,7 +54,7 @@ def parse_expand(spec: str, width: int, height: int) -> dict[str, int]:
     return out
 
 
-def plan_canvas(width: int, height: int, grow: dict[str, int], step: int) -> Canvas:
+def fit_canvas(width: int, height: int, grow: dict[str, int], step: int) -> Canvas:
     def axis(size: int, before: int, after: int) -> tuple[int, int]:
         total = size + before + after
         if before + after == 0 or total % step == 0:

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kcli.loading.errors import CheckpointError, KandinskyError
+from kcli.errors import CheckpointError, KandinskyError
 from kcli.loading.weights import read_json
 from kcli.models.mclip import MCLIPText
 from kcli.models.movq import MoVQ, load_movq
 from kcli.models.unet import UNet, load_unet
 from kcli.pipelines import tiling
-from kcli.pipelines.images import keep_latent_mask, to_uint8
-from kcli.pipelines.offload import Placement
+from kcli.pipelines.masks import keep_latent_mask
+from kcli.pipelines.pixels import to_uint8
+from kcli.pipelines.placement import Placement
 from kcli.samplers import decoder_sampler
 from kcli.samplers.denoise import denoise
 from kcli.samplers.noise import randn
@@ -49,6 +50,7 @@ class DecoderStage:
         self.unet, self.movq, self.text = unet, movq, text
         self.placement = placement or Placement("none", unet.conv_in.weight.device)
         self.scheduler_config = scheduler_config
+        self.folder: Path | None = None  # set by load
         self.sampler = decoder_sampler(scheduler_config)  # the checkpoint's own; checks the config at load
         if (unet.config.version == "2.1") != (text is not None):
             raise CheckpointError("a Kandinsky 2.1 decoder needs its text encoder, and only it")
@@ -67,11 +69,12 @@ class DecoderStage:
                          channels_last=True)
         text = None
         if unet.config.version == "2.1":
-            text = MCLIPText.load(folder, dtype=dtype, device=where)
-            text.exec_device = placement.device
-        for model in (unet, movq, text.model if text else None):
-            placement.adopt(model)
-        return cls(unet, movq, scheduler, text, placement)
+            text = placement.attach_encoder(MCLIPText.load(folder, dtype=dtype, device=where))
+        for model in (unet, movq):
+            placement.attach(model)
+        stage = cls(unet, movq, scheduler, text, placement)
+        stage.folder = folder
+        return stage
 
     def _models(self, *extra) -> tuple:
         return (self.unet, self.text.model if self.text else None, *extra)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -1,240 +1,177 @@
-"""The Kandinsky object: loads a prior and a decoder once, then makes as many images as asked.
+"""The Kandinsky object: opens a model once, then runs requests of every kind.
 
-    from kcli.pipelines.kandinsky import Kandinsky, LoadOptions, Settings
-    k = Kandinsky.load(LoadOptions(prior="ckpt/kandinsky-2-2-prior", decoder="ckpt/kandinsky-2-2-decoder"))
-    for result in k.generate(Settings("a corgi gliding on the wave", seed=7, num_images=2)):
+    from kcli.pipelines import Kandinsky, TextToImage
+    k = Kandinsky.open("2.2", device="cuda", memory="auto")
+    for result in k.run(TextToImage("a corgi gliding on the wave", seed=7, num_images=2)):
         result.image.save(f"corgi-{result.seed}.png")
 
-Seeds: image i of a call uses seed S+i and is exactly the image a single call with that seed makes.
-Each image draws from one CPU generator seeded with its seed, first in the prior and then in the
-decoder, in the reference's order, so a seed gives the same picture on any device and equals
-diffusers' ``KandinskyV22CombinedPipeline(generator=torch.Generator("cpu").manual_seed(S))``.
-The library never prints: progress goes to the optional ``on_progress(stage, done, total)`` callback.
+``open`` takes a model of the registry, hub ids or folders (``prior=``, ``decoder=``) and every setting of
+``kcli.pipelines.settings.Loading``; it fetches what the cache lacks, picks the memory level for the device,
+and loads. ``run`` takes a request of ``kcli.pipelines.requests`` and yields one ``Result`` per image, as soon
+as it is done. Seeds: image i uses seed S+i and is exactly the image a single run with that seed makes; with
+``best_of`` N, candidates S+iN .. S+iN+N-1 are made and the best kept. Each image draws from one CPU
+generator, prior first, then decoder, in the reference's order, so a seed gives the same picture on any
+device and equals diffusers' combined pipelines with ``generator=torch.Generator("cpu").manual_seed(S)``.
+The library never prints: it reports to ``events`` (see ``kcli.pipelines.events``).
 """
 
 from __future__ import annotations
 
-import secrets
+import dataclasses
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 from kcli.pipelines.decoder import DecoderStage
 from kcli.pipelines.devices import resolve_device, resolve_dtype
-from kcli.pipelines.images import SizePlan, center_crop, paste_original, plan_size, resize, rgb, to_pixels
-from kcli.pipelines.offload import Placement
+from kcli.pipelines.events import Relay
+from kcli.pipelines.memory import choose_memory
+from kcli.pipelines.modes import recipe
+from kcli.pipelines.placement import Offload, Placement
 from kcli.pipelines.prior import PriorStage
-from kcli.samplers import SAMPLER_NAMES
+from kcli.pipelines.requests import Request
+from kcli.pipelines.settings import Loading, record
 from kcli.samplers.noise import cpu_generator
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total); stages: load, prior, decoder, decode
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """What is loaded once: checkpoints, device, dtype."""
-
-    prior: Path
-    decoder: Path
-    device: str = "auto"
-    dtype: str | None = None  # fp32 | fp16 | bf16; None: fp16 on CUDA, fp32 on CPU
-    offload: str = "none"  # none | model | sequential (see pipelines/offload.py)
-    compile: bool = False  # torch.compile the UNet
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What one call makes. Defaults are the reference combined pipeline's."""
-
-    prompt: str
-    negative: str | None = None
-    seed: int | None = None  # None: a random seed, reported in each Result
-    width: int = 512
-    height: int = 512
-    steps: int = 100
-    prior_steps: int = 25
-    guidance: float = 4.0
-    prior_guidance: float = 4.0
-    num_images: int = 1
-    sampler: str | None = None  # None: the decoder checkpoint's own; or ddpm, ddim, dpm++2m, dpm++2m-karras
-    tile: bool | None = None  # MoVQ decode in tiles; None: only for large pictures
-    best_of: int = 1  # make this many candidates per image and keep the one CLIP finds closest to the prompt
-                      # (the prior's CLIP, or the scorer given to Kandinsky.use_scorer)
-    prior_mode: str = "diffusion"  # diffusion | linear (a fitted map, linear_prior) | none (CLIP text as is)
-    linear_prior: str | None = None  # a file made by `kandinsky prior fit`
-
-    def check(self) -> None:
-        for name in ("steps", "prior_steps", "num_images", "best_of"):
-            if getattr(self, name) < 1:
-                raise KandinskyError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("guidance", "prior_guidance"):
-            if getattr(self, name) < 0:
-                raise KandinskyError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        if self.steps > 1000 or self.prior_steps > 1000:
-            raise KandinskyError("steps cannot exceed the 1000 training timesteps")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise KandinskyError(f"seed must be between 0 and 2^63-1, got {self.seed}")
-        if self.prior_mode not in ("diffusion", "linear", "none"):
-            raise KandinskyError(f"unknown prior mode {self.prior_mode!r}: use diffusion, linear or none")
-        if self.prior_mode == "linear" and not self.linear_prior:
-            raise KandinskyError("--prior-mode linear needs --linear-prior FILE (make one with `kandinsky prior fit`)")
-        if self.sampler not in (None, *SAMPLER_NAMES):
-            raise KandinskyError(f"unknown sampler {self.sampler!r}: use {', '.join(SAMPLER_NAMES)}")
+SAMPLER_OF = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim"}  # the checkpoint's own, by our names
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @dataclass
 class Result:
     image: Image.Image
     seed: int
-    settings: Settings  # with the seed actually used
-    size: SizePlan
+    request: Request  # as made: this image's seed, the final size
     timings: dict[str, float] = field(default_factory=dict)
     score: float | None = None  # CLIP similarity to the prompt, when chosen among candidates (best_of)
     candidates: list[tuple[int, float]] | None = None  # (seed, score) of every candidate, the kept one included
+    metadata: dict = field(default_factory=dict)  # how it was made: what an image file records
 
 
 class Kandinsky:
-    def __init__(self, prior: PriorStage, decoder: DecoderStage, device: torch.device, dtype: torch.dtype):
+    def __init__(self, prior: PriorStage, decoder: DecoderStage, placement: Placement, dtype: torch.dtype,
+                 load: Loading | None = None, scorer=None, events=None):
         if prior.prior.config.embedding_dim != decoder.embed_dim:
             raise KandinskyError(
                 f"the prior makes {prior.prior.config.embedding_dim}-d embeddings but the decoder takes "
-                f"{decoder.embed_dim}-d ones: they are not from the same Kandinsky version"
-            )
-        self.prior, self.decoder, self.device, self.dtype = prior, decoder, device, dtype
-        self.placement = decoder.placement
+                f"{decoder.embed_dim}-d ones: they are not from the same Kandinsky version")
+        self.prior, self.decoder, self.placement, self.dtype = prior, decoder, placement, dtype
+        self.device = placement.device
+        self.load = load or Loading()
+        self.scorer = scorer  # what ranks best_of candidates: None is the prior's own CLIP
+        self.events = Relay(events)
+        self.folders = {"prior": prior.folder, "decoder": decoder.folder}
         self._linear_priors: dict = {}
-        self.scorer = None  # what ranks best_of candidates: None is the prior's own CLIP
+        if scorer is not None:
+            placement.attach(scorer.clip.model, streamed=False)  # its attention reads weights directly
 
-    def use_scorer(self, scorer) -> None:
-        """Rank best_of candidates with ``scorer`` (a ``kcli.pipelines.scoring.Scorer``) instead of the prior's
-        CLIP. Under offload it waits in CPU memory and visits the GPU only to score (load it on the CPU)."""
-        self.scorer = scorer
+    # ---- opening ------------------------------------------------------------------------------------------
 
-    @property
-    def scored_by(self) -> str:
-        return f"open_clip {self.scorer.name}" if self.scorer is not None else "the prior's CLIP"
+    @classmethod
+    def open(cls, model: str | None = None, *, events=None, inpainting: bool = False, **settings) -> Kandinsky:
+        """Open ``model`` (a registry name; ``prior=``/``decoder=`` take folders or hub ids) with the settings
+        of ``Loading`` (device, dtype, memory, offload, offline, compile, tile, scorer, clip_model).
+        ``inpainting`` loads the inpainting decoder first (inpaint and outpaint need it; ``run`` swaps
+        decoders when a request needs the other one)."""
+        load = Loading(model=model, **settings)
+        relay = Relay(events)
+        device = resolve_device(load.device)
+        dtype = resolve_dtype(load.dtype, device)
+        memory = choose_memory(load.memory, device)
+        if device.type == "cuda" and load.offload is None:
+            relay.note(memory.describe())
+        offload = Offload.parse(load.offload or memory.offload)
+        if load.compile and offload is Offload.SEQUENTIAL:  # the streamer's hooks swap weights under the graph
+            raise KandinskyError("--compile does not combine with sequential offload")
+        if load.tile is None and memory.tile is not None:
+            load = dataclasses.replace(load, tile=memory.tile)
+        scorer = _open_scorer(load, device, dtype, offload, relay)
+        prior_dir, decoder_dir = _folders(load, inpainting, relay)
+        placement = Placement(offload, device)
+        relay.progress("load", 0, 2)
+        prior = PriorStage.load(prior_dir, dtype=dtype, placement=placement)
+        relay.progress("load", 1, 2)
+        decoder = _load_decoder(decoder_dir, dtype, placement, load)
+        relay.progress("load", 2, 2)
+        return cls(prior, decoder, placement, dtype, load, scorer, events)
+
+    def _decoder_for(self, request: Request) -> None:
+        """Swap in the decoder a request needs (the inpainting one, or not) when the model names one."""
+        if request.inpainting == self.decoder.is_inpainting or self.load.decoder is not None:
+            return  # a decoder named by the user is used as is (the stage says when it does not fit)
+        folder = _folders(self.load, request.inpainting, self.events)[1]
+        for model in (self.decoder.unet, self.decoder.movq, self.decoder.text.model if self.decoder.text else None):
+            self.placement.release(model)
+        self.decoder = None
+        self.events.progress("load", 0, 1)
+        self.decoder = _load_decoder(folder, self.dtype, self.placement, self.load)
+        self.folders["decoder"] = folder
+        self.events.progress("load", 1, 1)
+
+    # ---- running ------------------------------------------------------------------------------------------
+
+    def run(self, request: Request, events=None) -> Iterator[Result]:
+        """One ``Result`` per image of ``request``, each as soon as it is done."""
+        events = Relay(events) if events is not None else self.events
+        request.check()
+        if request.seed is None:
+            request = request.seeded()
+            events.note(f"seed: {request.seed}")
+        self._decoder_for(request)
+        how = recipe(self, request, events)
+        if how.size.note():
+            events.note(how.size.note())
+        request, n = how.request, request.best_of
+        for i in range(request.num_images):
+            if n == 1:
+                seed = request.seed + i
+                events.image(i + 1, request.num_images, seed, None)
+                yield self._image(how, dataclasses.replace(request, seed=seed, num_images=1), events)
+                continue
+            tries = []
+            for j in range(n):
+                seed = request.seed + i * n + j
+                events.image(i + 1, request.num_images, seed, (j + 1, n))
+                tries.append(self._image(how, dataclasses.replace(request, seed=seed, num_images=1, best_of=1),
+                                         events))
+            events.progress("score", 0, n)
+            scores = [self._score(r.image, request.label) for r in tries]
+            events.progress("score", n, n)
+            best = tries[max(range(n), key=scores.__getitem__)]
+            best.score, best.candidates = max(scores), [(r.seed, sc) for r, sc in zip(tries, scores)]
+            best.request = dataclasses.replace(best.request, best_of=n)
+            best.metadata = self._record(best)
+            yield best
+
+    def _image(self, how, s: Request, events) -> Result:
+        """One image: a fresh CPU generator from its seed, the recipe's latents, decode, finish."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            latents = how.make(s, cpu_generator(s.seed), events.progress)
+            t1 = time.perf_counter()
+            events.progress("decode", 0, 1)
+            pixels = how.finish(self.decoder.decode(latents, tile=self.load.tile)[0])
+            events.progress("decode", 1, 1)
+        del latents
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # give the next image (or the next program) the memory back
+        result = Result(Image.fromarray(pixels), s.seed, s, {"sample": t1 - t0, "decode": time.perf_counter() - t1})
+        result.metadata = self._record(result)
+        return result
 
     def _score(self, image, prompt: str) -> float:
         if self.scorer is None:
             return self.prior.clip_score(image, prompt)
-        if self.placement.mode == "none":
+        with self.placement.on(self.scorer.clip.model):
             return self.scorer(image, prompt)
-        with self.placement._model.on(self.scorer.clip.model):  # the scorer's own attention reads weights
-            return self.scorer(image, prompt)                   # directly, so it is never streamed
 
-    @classmethod
-    def load(cls, opts: LoadOptions, on_progress: Progress | None = None) -> Kandinsky:
-        device = resolve_device(opts.device)
-        dtype = resolve_dtype(opts.dtype, device)
-        placement = Placement(opts.offload, device)
-        if opts.compile and opts.offload == "sequential":  # the streamer's hooks swap weights under the graph
-            raise KandinskyError("--compile does not combine with sequential offload")
-        report = on_progress or (lambda *a: None)
-        report("load", 0, 2)
-        prior = PriorStage.load(Path(opts.prior), dtype=dtype, placement=placement)
-        report("load", 1, 2)
-        decoder = DecoderStage.load(Path(opts.decoder), dtype=dtype, placement=placement)
-        if opts.compile:
-            decoder.unet = torch.compile(decoder.unet)
-        report("load", 2, 2)
-        return cls(prior, decoder, device, dtype)
-
-    def plan(self, settings: Settings) -> SizePlan:
-        return plan_size(settings.width, settings.height, self.decoder.pixel_step)
-
-    # ---- modes: each yields one Result per image, as soon as it is done ----------------------------------
-
-    def generate(self, settings: Settings, on_progress: Progress | None = None) -> Iterator[Result]:
-        """Text to image. Off-grid sizes are generated one step larger and center-cropped back."""
-        size = self._checked(settings)
-
-        def make(s: Settings, g: torch.Generator, report: Progress):
-            emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
-                                        generator=g, on_step=lambda i, n: report("prior", i, n),
-                                        mode=s.prior_mode, linear=self._linear(s))
-            latents = self.decoder.sample(emb, neg, s.prompt, width=size.gen_width, height=size.gen_height,
-                                          steps=s.steps, guidance=s.guidance, generator=g, sampler=s.sampler,
-                                          on_step=lambda i, n: report("decoder", i, n))
-            return latents, lambda px: center_crop(px, size.width, size.height)
-
-        yield from self._run(settings, size, make, on_progress)
-
-    def image_to_image(self, init: Image.Image, settings: Settings, strength: float = 0.3,
-                       on_progress: Progress | None = None) -> Iterator[Result]:
-        """Redraw ``init`` guided by the prompt; ``strength`` in (0, 1] is the share of the schedule re-run."""
-        check_strength(strength)
-        size = self._checked(settings)
-        pixels = to_pixels(resize(rgb(init), size.gen_width, size.gen_height))
-
-        def make(s: Settings, g: torch.Generator, report: Progress):
-            emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
-                                        generator=g, on_step=lambda i, n: report("prior", i, n),
-                                        mode=s.prior_mode, linear=self._linear(s))
-            latents = self.decoder.refine(pixels, emb, neg, s.prompt, strength=strength, steps=s.steps,
-                                          guidance=s.guidance, generator=g, sampler=s.sampler,
-                                          on_step=lambda i, n: report("decoder", i, n))
-            return latents, lambda px: _resize_array(px, size.width, size.height)
-
-        yield from self._run(settings, size, make, on_progress)
-
-    def fuse(self, items: list, weights: list[float], settings: Settings,
-             on_progress: Progress | None = None) -> Iterator[Result]:
-        """Mix texts (str) and pictures (PIL images) with ``weights`` (used as given) and draw the mix."""
-        if not items or len(items) != len(weights):
-            raise KandinskyError(f"{len(weights)} weight(s) for {len(items)} item(s)")
-        size = self._checked(settings)
-        pictures = [rgb(i) if not isinstance(i, str) else i for i in items]
-
-        def make(s: Settings, g: torch.Generator, report: Progress):
-            emb, neg = self.prior.mix(pictures, weights, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
-                                      generator=g, on_step=lambda i, n: report("prior", i, n))
-            # a 2.1 decoder also reads a text: for a mix, the empty one (as the reference's examples do)
-            latents = self.decoder.sample(emb, neg, "", width=size.gen_width, height=size.gen_height,
-                                          steps=s.steps, guidance=s.guidance, generator=g, sampler=s.sampler,
-                                          on_step=lambda i, n: report("decoder", i, n))
-            return latents, lambda px: center_crop(px, size.width, size.height)
-
-        yield from self._run(settings, size, make, on_progress)
-
-    def inpaint(self, image: Image.Image, repaint: np.ndarray, settings: Settings, paste_back: bool = True,
-                on_progress: Progress | None = None) -> Iterator[Result]:
-        """Repaint where ``repaint`` ((height, width) bool, at the settings' size) is True.
-
-        With ``paste_back`` every pixel outside the repaint area is the original's, exactly.
-        """
-        size = self._checked(settings)
-        if repaint.shape != (size.height, size.width):
-            raise KandinskyError(f"the mask is {repaint.shape[1]}x{repaint.shape[0]}, the image {size.width}x{size.height}")
-        original = resize(rgb(image), size.width, size.height)
-        pixels = to_pixels(resize(original, size.gen_width, size.gen_height))
-        gen_repaint = _resize_array(repaint.astype(np.uint8) * 255, size.gen_width, size.gen_height) >= 128
-        feather = max(2.0, min(size.width, size.height) / 64)
-
-        def finish(px: np.ndarray) -> np.ndarray:
-            px = _resize_array(px, size.width, size.height)
-            return paste_original(np.asarray(original), px, repaint, feather) if paste_back else px
-
-        def make(s: Settings, g: torch.Generator, report: Progress):
-            emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
-                                        generator=g, on_step=lambda i, n: report("prior", i, n),
-                                        mode=s.prior_mode, linear=self._linear(s))
-            latents = self.decoder.inpaint(pixels, gen_repaint, emb, neg, s.prompt, steps=s.steps,
-                                           guidance=s.guidance, generator=g, sampler=s.sampler,
-                                           on_step=lambda i, n: report("decoder", i, n))
-            return latents, finish
-
-        yield from self._run(settings, size, make, on_progress)
-
-    # ---- shared -------------------------------------------------------------------------------------------
-
-    def _linear(self, s: Settings):
-        """The fitted linear prior a call names, read once and kept."""
+    def linear_prior(self, s: Request):
+        """The fitted linear prior a request names, read once and kept."""
         if s.prior_mode != "linear":
             return None
         if s.linear_prior not in self._linear_priors:
@@ -243,48 +180,71 @@ class Kandinsky:
             self._linear_priors[s.linear_prior] = LinearPrior.load(Path(s.linear_prior))
         return self._linear_priors[s.linear_prior]
 
-    def _checked(self, settings: Settings) -> SizePlan:
-        settings.check()
-        return self.plan(settings)
+    # ---- what an image records ----------------------------------------------------------------------------
 
-    def _run(self, settings: Settings, size: SizePlan, make, on_progress: Progress | None) -> Iterator[Result]:
-        """Per image i: seed S+i (with best_of N: candidates S+iN .. S+iN+N-1, the best kept)."""
-        report = on_progress or (lambda *a: None)
-        base = settings.seed if settings.seed is not None else secrets.randbits(32)
-        n = settings.best_of
-        for i in range(settings.num_images):
-            if n == 1:
-                yield self._image(replace(settings, seed=base + i, num_images=1), size, make, report)
-                continue
-            tries = [self._image(replace(settings, seed=base + i * n + j, num_images=1, best_of=1), size, make,
-                                 report) for j in range(n)]
-            scores = [self._score(r.image, settings.prompt) for r in tries]
-            best = tries[max(range(n), key=scores.__getitem__)]
-            best.score, best.candidates = max(scores), [(r.seed, sc) for r, sc in zip(tries, scores)]
-            yield best
+    @property
+    def model_name(self) -> str:
+        if self.load.model:
+            return self.load.model
+        return "custom" if self.load.prior or self.load.decoder else _registry_default()
 
-    def _image(self, s: Settings, size: SizePlan, make, report: Progress) -> Result:
-        """One image: a fresh CPU generator from its seed, ``make`` (prior + decoder), decode, ``finish``."""
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            latents, finish = make(s, cpu_generator(s.seed), report)
-            t1 = time.perf_counter()
-            report("decode", 0, 1)
-            pixels = finish(self.decoder.decode(latents, tile=s.tile)[0])
-            report("decode", 1, 1)
-        timings = {"sample": t1 - t0, "decode": time.perf_counter() - t1}
-        del latents
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()  # give the next image (or the next program) the memory back
-        return Result(Image.fromarray(pixels), s.seed, s, size, timings)
+    @property
+    def scored_by(self) -> str:
+        return f"open_clip {self.scorer.name}" if self.scorer is not None else "the prior's CLIP"
 
+    def _record(self, result: Result) -> dict:
+        import kcli
 
-def check_strength(strength: float) -> None:
-    if not 0 < strength <= 1:
-        raise KandinskyError(f"strength must be in (0, 1] (the share of the schedule re-run), got {strength}")
+        s = result.request
+        named = self.load.model or (None if self.load.prior or self.load.decoder else _registry_default())
+        load = {"model": named, "prior": self.load.prior, "decoder": self.load.decoder, "dtype": DTYPE_NAMES.get(self.dtype)}
+        meta = {
+            "mode": s.mode, **record(s), "load": {k: v for k, v in load.items() if v is not None},
+            "model": self.model_name,
+            "checkpoints": {"prior": self.load.prior, "decoder": self.load.decoder,
+                            "prior_path": str(self.folders["prior"]), "decoder_path": str(self.folders["decoder"]),
+                            "version": self.decoder.version},
+            "sampler": s.sampler or SAMPLER_OF.get(self.decoder.scheduler_config.get("_class_name"), "default"),
+            "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device),
+            "offload": self.placement.mode.value,
+            "versions": {"kandinsky": kcli.__version__, "torch": torch.__version__},
+            "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        }
+        if result.score is not None:
+            meta["score"] = {"clip": round(result.score, 5), "by": self.scored_by, "best_of": len(result.candidates),
+                             "candidates": [[seed, round(sc, 5)] for seed, sc in result.candidates]}
+        return meta
 
 
-def _resize_array(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
-    if pixels.shape[:2] == (height, width):
-        return pixels
-    return np.asarray(resize(Image.fromarray(pixels), width, height))
+def _registry_default() -> str:
+    from kcli.loading.registry import load_registry
+
+    return load_registry().default
+
+
+def _folders(load: Loading, inpainting: bool, events) -> tuple[Path, Path]:
+    from kcli.loading.hub import resolve_checkpoints
+
+    return resolve_checkpoints(load.model, load.prior, load.decoder, inpainting=inpainting, offline=load.offline,
+                               progress=events)
+
+
+def _load_decoder(folder: Path, dtype: torch.dtype, placement: Placement, load: Loading) -> DecoderStage:
+    decoder = DecoderStage.load(folder, dtype=dtype, placement=placement)
+    if load.compile:
+        decoder.unet = torch.compile(decoder.unet)
+    return decoder
+
+
+def _open_scorer(load: Loading, device: torch.device, dtype: torch.dtype, offload: Offload, events):
+    """The open_clip scorer (``scorer="openclip"``), fetched and built before the big models load, so a bad name
+    fails at once; under offload it waits in CPU memory and visits the device only to score."""
+    if load.scorer not in ("prior", "openclip"):
+        raise KandinskyError(f"unknown scorer {load.scorer!r}: use prior or openclip")
+    if load.scorer == "prior":
+        return None
+    from kcli.models.openclip import DEFAULT
+    from kcli.pipelines.scoring import Scorer
+
+    where = device if offload is Offload.NONE else torch.device("cpu")
+    return Scorer.load(load.clip_model or DEFAULT, device=where, dtype=dtype, offline=load.offline, progress=events)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 
 @dataclass
@@ -75,3 +75,36 @@ def fit(text: torch.Tensor, image: torch.Tensor, ridge: float = 1e-3) -> LinearP
     weight = w_t.T
     bias = i_mean - weight @ t_mean
     return LinearPrior(weight.float(), bias.float())
+
+
+def fit_linear_prior(pairs: list[tuple[Path, str]], *, model: str | None = None, prior: str | None = None,
+                     offline: bool = False, device: str = "auto", dtype: str | None = None, ridge: float = 1e-3,
+                     events=None) -> LinearPrior:
+    """Fit a linear prior on (picture, caption) pairs with the CLIP of a prior checkpoint (``prior``: a folder
+    or hub id; else the registry model ``model``'s prior), 16 pairs at a time."""
+    from kcli.loading.hub import resolve
+    from kcli.loading.registry import load_registry
+    from kcli.pipelines.devices import resolve_device, resolve_dtype
+    from kcli.pipelines.events import Relay
+    from kcli.pipelines.files import load_image
+    from kcli.pipelines.pixels import rgb
+    from kcli.pipelines.placement import Placement
+    from kcli.pipelines.prior import PriorStage
+
+    if len(pairs) < 2:
+        raise KandinskyError("a linear prior needs at least 2 captioned pictures")
+    events = Relay(events)
+    if prior is None:
+        registry = load_registry()
+        prior = registry.get(model or registry.default).prior.id
+    folder = resolve(prior, offline=offline, progress=events)
+    dev = resolve_device(device)
+    stage = PriorStage.load(folder, dtype=resolve_dtype(dtype, dev), placement=Placement("none", dev))
+    texts, images = [], []
+    for i in range(0, len(pairs), 16):
+        chunk = pairs[i:i + 16]
+        t, im = stage.pair_embeddings([c for _, c in chunk], [rgb(load_image(p)) for p, _ in chunk])
+        texts.append(t)
+        images.append(im)
+        events.progress("embed", min(i + 16, len(pairs)), len(pairs))
+    return fit(torch.cat(texts), torch.cat(images), ridge)

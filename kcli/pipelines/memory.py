@@ -17,28 +17,29 @@ from dataclasses import dataclass
 
 import torch
 
-from kcli.loading.errors import KandinskyError
+from kcli.errors import KandinskyError
 
 LEVELS = ("auto", "high", "balanced", "low", "min")
 NEEDS_GB = {"high": 9.0, "balanced": 4.5, "low": 2.0}  # free memory to pick a level in auto (with margin)
 
 
 @dataclass(frozen=True)
-class MemoryPlan:
+class MemoryChoice:
     level: str
     offload: str
     tile: bool | None  # None: tile only large pictures
     reason: str
 
     def describe(self) -> str:
+        """One line: ``memory balanced: offload model, whole MoVQ decode (5.1 GB free on ...)``."""
         return f"memory {self.level}: offload {self.offload}, {'tiled' if self.tile else 'whole'} MoVQ decode ({self.reason})"
 
 
-def plan(level: str, device: torch.device) -> MemoryPlan:
+def choose_memory(level: str, device: torch.device) -> MemoryChoice:
     if level not in LEVELS:
         raise KandinskyError(f"unknown memory level {level!r}: use {', '.join(LEVELS)}")
     if device.type != "cuda":
-        return MemoryPlan("high", "none", None, "CPU: weights stay in RAM")
+        return MemoryChoice("high", "none", None, "CPU: weights stay in RAM")
     reason = "asked for"
     if level == "auto":
         free, _ = torch.cuda.mem_get_info(device)
@@ -46,4 +47,4 @@ def plan(level: str, device: torch.device) -> MemoryPlan:
         level = next((lv for lv, need in NEEDS_GB.items() if gb >= need), "min")
         reason = f"{gb:.1f} GB free on {torch.cuda.get_device_name(device)}"
     offload = {"high": "none", "balanced": "model", "low": "sequential", "min": "sequential"}[level]
-    return MemoryPlan(level, offload, True if level == "min" else None, reason)
+    return MemoryChoice(level, offload, True if level == "min" else None, reason)

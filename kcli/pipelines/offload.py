@@ -115,37 +115,3 @@ class Streamer:
     def remove(self) -> None:
         for h in self._hooks:
             h.remove()
-
-
-OFFLOAD_MODES = ("none", "model", "sequential")
-
-
-class Placement:
-    """Where a pipeline's weights live and where they run, for one offload mode.
-
-    Stages load their models onto ``weights_device``, pass each through ``adopt`` once, and wrap every
-    piece of work in ``with placement.on(models...)``.
-    """
-
-    def __init__(self, mode: str, device: torch.device):
-        if mode not in OFFLOAD_MODES:
-            from kcli.loading.errors import KandinskyError
-
-            raise KandinskyError(f"unknown offload mode {mode!r}: use {', '.join(OFFLOAD_MODES)}")
-        self.mode, self.device = mode, torch.device(device)
-        self._model = ModelOffload(self.device)
-        self.streamers: list[Streamer] = []
-
-    @property
-    def weights_device(self) -> torch.device:
-        return self.device if self.mode == "none" else torch.device("cpu")
-
-    def adopt(self, module: nn.Module | None) -> nn.Module | None:
-        if module is not None and self.mode == "sequential":
-            self.streamers.append(Streamer(module, self.device))
-        return module
-
-    def on(self, *modules: nn.Module | None):
-        if self.mode == "model":
-            return self._model.on(*modules)
-        return contextlib.nullcontext()

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
+from kcli.errors import CheckpointError, KandinskyError
 from kcli.loading import cache
-from kcli.loading.errors import CheckpointError, KandinskyError
 from kcli.loading.weights import find_weights, read_json
 from kcli.models.clip import CLIPImage, CLIPText
 from kcli.models.prior import PriorTransformer, load_prior
-from kcli.pipelines.offload import Placement
+from kcli.pipelines.placement import Placement
 from kcli.samplers.noise import randn
 from kcli.samplers.unclip import UnCLIPSampler, sample_prior
 
@@ -33,19 +33,16 @@ class PriorStage:
         if not folder.is_dir():
             raise CheckpointError(f"prior {folder} is not a folder")
         sampler = UnCLIPSampler.from_dict(read_json(folder / "scheduler" / "scheduler_config.json"))
-        prior = placement.adopt(load_prior(folder / "prior", dtype=dtype, device=placement.weights_device))
-        text = CLIPText.load(folder, dtype=dtype, device=placement.weights_device)
-        text.exec_device = placement.device
-        placement.adopt(text.model)
+        prior = placement.attach(load_prior(folder / "prior", dtype=dtype, device=placement.weights_device))
+        text = placement.attach_encoder(CLIPText.load(folder, dtype=dtype, device=placement.weights_device))
         return cls(folder, text, prior, sampler, dtype, placement)
 
     @property
     def image_encoder(self) -> CLIPImage:
         """Loaded on first use: text-to-image needs it only once per checkpoint (see zero_embed)."""
         if self._image is None:
-            self._image = CLIPImage.load(self.folder, dtype=self.dtype, device=self.placement.weights_device)
-            self._image.exec_device = self.device
-            self.placement.adopt(self._image.model)
+            self._image = self.placement.attach_encoder(
+                CLIPImage.load(self.folder, dtype=self.dtype, device=self.placement.weights_device))
         return self._image
 
     def zero_embed(self) -> torch.Tensor:
@@ -59,6 +56,7 @@ class PriorStage:
                 emb = self.image_encoder.zero_embed()
             cache.save_tensor("zero_embeds", key, emb)
             if just_for_this:  # 1.8B parameters for 2.2: give the memory back (fuse and vary load it again)
+                self.placement.release(self._image.model)
                 self._image = None
         return emb.to(self.device, self.dtype)
 

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 import torch
 
 from kcli.loading import download
-from kcli.models.openclip import DEFAULT, OpenCLIP, locate
+from kcli.models.openclip import DEFAULT, OpenCLIP, locate, pretrained_names
 from kcli.pipelines.devices import resolve_device, resolve_dtype
-from kcli.pipelines.images import load_image, rgb
+from kcli.pipelines.files import load_image
+from kcli.pipelines.pixels import rgb
 
 BATCH = 16
 
@@ -62,3 +63,8 @@ class Scorer:
 
     def __call__(self, picture, prompt: str) -> float:
         return self.score([picture], [prompt])[0]
+
+
+def clip_model_names() -> list[str]:
+    """open_clip's ``ARCH/TAG`` names that have a copy on the model hub (``kandinsky score --list-models``)."""
+    return pretrained_names()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kcli.loading.errors import CheckpointError, KandinskyError
+from kcli.errors import CheckpointError, KandinskyError
 from kcli.samplers.ddim import DDIM
 from kcli.samplers.ddpm import DDPM
 from kcli.samplers.dpmsolver import DPMSolver, dpm_solver

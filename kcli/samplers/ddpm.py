@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kcli.loading.errors import CheckpointError
+from kcli.errors import CheckpointError
 from kcli.samplers.noise import randn
 from kcli.samplers.schedule import ScheduleConfig, alphas_cumprod, predict_x0, spaced_timesteps
 

@@ -42,7 +42,7 @@ import math
 import numpy as np
 import torch
 
-from kcli.loading.errors import CheckpointError, KandinskyError
+from kcli.errors import CheckpointError, KandinskyError
 from kcli.samplers.schedule import ScheduleConfig, alphas_cumprod, dynamic_threshold
 
 ORDERS = (1, 2)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kcli.loading.errors import CheckpointError
+from kcli.errors import CheckpointError
 from kcli.samplers.noise import randn
 from kcli.samplers.schedule import cosine_betas
 
