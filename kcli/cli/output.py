@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import string
 import time
 from pathlib import Path
@@ -59,30 +60,76 @@ def output_paths(output: Path | None, prompt: str, seeds: list[int], overwrite: 
     return paths
 
 
-def free_path(path: Path) -> Path:
-    """``path``, or ``name-2``, ``name-3`` ... if it is taken."""
-    n = 2
-    candidate = path
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        n += 1
-    return candidate
-
-
 def save_image(image, path: Path, meta: dict | None = None, overwrite: bool = False) -> Path:
-    """Write atomically (a crash or Ctrl-C leaves no partial file), with ``meta`` embedded; returns the path."""
+    """Write ``image`` (with ``meta`` embedded) and return where it went: to a temporary name first, so a crash
+    or Ctrl-C leaves no partial file, then onto ``path`` or, if that is taken, ``name-2``, ``name-3`` ...
+    The name is claimed atomically, so runs writing into one folder at once never overwrite each other."""
     from kcli.cli import metadata
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not overwrite:
-        path = free_path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
-        fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
-        extra = metadata.save_kwargs(path, meta) if meta else {}
-        image.save(tmp, format=fmt, **extra)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_parts(path.parent)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")  # unique per save
+        try:
+            fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
+            extra = metadata.save_kwargs(path, meta) if meta else {}
+            image.save(tmp, format=fmt, **extra)
+            if overwrite:
+                os.replace(tmp, path)
+                return path
+            return _claim(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as e:  # a full disk, a read-only folder, a name too long ...
+        raise KandinskyError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _claim(tmp: Path, path: Path) -> Path:
+    """Give the finished file ``tmp`` the first free name among ``path``, ``name-2`` ...: a hard link fails
+    rather than replace a file another process made meanwhile (where links are not supported, the name is
+    taken with O_EXCL first, then filled)."""
+    n, candidate = 2, path
+    while True:
+        try:
+            try:
+                os.link(tmp, candidate)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links on this file system
+                os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                try:
+                    os.replace(tmp, candidate)
+                except OSError:
+                    candidate.unlink(missing_ok=True)
+                    raise
+            return candidate
+        except FileExistsError:
+            candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+            n += 1
+
+
+_swept: set[Path] = set()
+
+
+def sweep_parts(folder: Path) -> None:
+    """Delete the ``.NAME.PID-TOKEN.part`` files that processes which no longer run left in ``folder`` (killed
+    while saving); once per folder and process."""
+    if folder in _swept:
+        return
+    _swept.add(folder)
+    for part in folder.glob(".*.part"):
+        pid = part.name.rsplit(".", 2)[-2].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            part.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill would end the process: never sweep there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but belongs to someone else
+        return True
+    return True
