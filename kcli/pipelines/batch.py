@@ -71,21 +71,65 @@ def _parse(line: int, text: str, keys: dict) -> Job:
     return Job(line, prompt=prompt, overrides=data)
 
 
+MAX_LINE = 16 * 1024  # bytes: a prompt is at most 77 tokens, a JSON line with every setting far below this
+MAX_JOBS = 100_000  # a bigger batch is split into several files (or run on a cluster)
+
+
 def read_jobs(source: str, *requests) -> list[Job]:
     """Jobs from a file path, or from standard input when ``source`` is ``-``. ``requests``: the request
-    classes whose own job settings a line may also set."""
-    if source == "-":
-        text = sys.stdin.read()
-    else:
-        try:
-            text = Path(source).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise KandinskyError(f"prompts file {source} does not exist") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise KandinskyError(f"cannot read prompts file {source}: {e}") from None
+    classes whose own job settings a line may also set.
+
+    Read as a stream, a line at a time with a bound on its length and on the number of jobs, so that
+    ``/dev/zero`` or a picture given by mistake ends in one line instead of filling the memory. A line that is
+    not UTF-8 text becomes a failed job; the others still run."""
     keys = job_keys(*requests)
-    jobs = [_parse(i, line.strip(), keys) for i, line in enumerate(text.splitlines(), 1)
-            if line.strip() and not line.strip().startswith("#")]
+    jobs = []
+    try:
+        with (_stdin() if source == "-" else open(source, "rb")) as stream:
+            for number, raw in _lines(stream, source):
+                try:
+                    text = raw.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    jobs.append(Job(number, error=f"line {number}: not UTF-8 text"))
+                    continue
+                if not text or text.startswith("#"):
+                    continue
+                if len(jobs) == MAX_JOBS:
+                    raise KandinskyError(f"prompts file {source} has more than {MAX_JOBS} jobs: split it")
+                jobs.append(_checked_text(_parse(number, text, keys)))
+    except FileNotFoundError:
+        raise KandinskyError(f"prompts file {source} does not exist") from None
+    except IsADirectoryError:
+        raise KandinskyError(f"prompts file {source} is a folder") from None
+    except OSError as e:
+        raise KandinskyError(f"cannot read prompts file {source}: {e.strerror or e}") from None
     if not jobs:
         raise KandinskyError(f"prompts file {source} has no prompts")
     return jobs
+
+
+def _stdin():
+    import contextlib
+
+    return contextlib.nullcontext(sys.stdin.buffer)
+
+
+def _lines(stream, source: str):
+    number = 0
+    while raw := stream.readline(MAX_LINE + 1):
+        number += 1
+        if len(raw) > MAX_LINE:
+            raise KandinskyError(f"prompts file {source}: line {number} is longer than {MAX_LINE // 1024} KiB "
+                                 "(is it a text file of prompts?)")
+        yield number, raw
+
+
+def _checked_text(job: Job) -> Job:
+    """A JSON line can spell a lone surrogate (``"\\ud800"``), which no file, tokenizer or metadata can hold."""
+    texts = [job.prompt, *(v for v in job.overrides.values() if isinstance(v, str))]
+    try:
+        for t in texts:
+            t.encode("utf-8")
+    except UnicodeEncodeError:
+        return Job(job.line, error=f"line {job.line}: the text holds a lone surrogate (an invalid \\u escape)")
+    return job
