@@ -3,6 +3,8 @@ input, or in a finished image; never a traceback, unbounded memory, or a batch l
 
 import time
 
+import pytest
+
 from test_cli import one_line_error, run
 
 TINY = ["--steps", 2, "--prior-steps", 2, "-W", 64, "-H", 64, "--device", "cpu"]
@@ -27,3 +29,63 @@ def test_lines_that_are_not_text_fail_alone_and_the_batch_goes_on(prior22, decod
     assert "line 2: the text holds a lone surrogate" in proc.stderr and "line 3: not UTF-8 text" in proc.stderr
     names = sorted(p.name for p in out.glob("*.png"))
     assert len(names) == 2 and "first" in names[0] and "last" in names[1], names
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--guidance", "nan"], "guidance must be a finite number, got nan"),
+    (["--prior-guidance", "inf"], "prior-guidance must be a finite number, got inf"),
+    (["--guidance", "1e308"], "guidance must be at most 100, got 1e+308"),
+    (["-W", "0"], "width must be at least 1, got 0"),
+    (["-W", "100000"], "width must be at most 4096, got 100000"),
+    (["--seed", str(2**63 - 1), "-n", "2"], f"seed {2**63 - 1} leaves no room for 2 images"),
+    (["--steps", "1000"], "steps must be between 1 and 999 for this checkpoint's schedule, got 1000"),
+], ids=["nan-guidance", "inf-prior-guidance", "huge-guidance", "zero-width", "huge-width", "seed-overflow",
+        "steps-off-by-one"])
+def test_numbers_out_of_range_end_in_one_line_before_any_image(prior22, decoder22, tmp_path, args, message):
+    base = ["--prior", prior22, "--decoder", decoder22, "--steps", 2, "--prior-steps", 2, "--device", "cpu"]
+    proc = run("generate", "a cat", *base, *args, "-o", tmp_path)
+    assert message in one_line_error(proc)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"prompt": "a", "guidance": NaN}', "guidance must be a finite number, got nan"),
+    ('{"prompt": "a", "steps": 0}', "steps must be at least 1, got 0"),
+    ('{"prompt": "a", "width": 1e9}', "width must be int"),
+], ids=["nan", "zero-steps", "float-width"])
+def test_a_batch_line_out_of_range_fails_alone(prior22, decoder22, tmp_path, line, message):
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text(f"{line}\nfine\n")
+    out = tmp_path / "out"
+    proc = run("generate", "--prompts-file", jobs, "--prior", prior22, "--decoder", decoder22, *TINY, "-o", out)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr
+    assert len(list(out.glob("*fine*.png"))) == 1
+
+
+def test_fuse_weights_must_be_finite(prior22, decoder22, pictures, tmp_path):
+    for weights, message in [("nan,1", "weights must be a finite number, got nan"),
+                             ("1e308,1e308", "weights must be at most 1000000, got 1e+308")]:
+        proc = run("fuse", "a cat", pictures["square"], "--weights", weights, "--prior", prior22, "--decoder",
+                   decoder22, *TINY, "-o", tmp_path)
+        assert message in one_line_error(proc)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_from_metadata_with_nan_is_refused(prior22, decoder22, tmp_path):
+    import json
+
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    made = run("generate", "a cat", "--prior", prior22, "--decoder", decoder22, *TINY, "--seed", 3,
+               "-o", tmp_path / "a.png")
+    assert made.returncode == 0, made.stderr
+    image = Image.open(tmp_path / "a.png")
+    meta = json.loads(image.info["kandinsky"])
+    meta["settings"]["guidance"] = float("nan")
+    info = PngInfo()
+    info.add_text("kandinsky", json.dumps(meta))
+    image.save(tmp_path / "forged.png", pnginfo=info)
+    proc = run("generate", "--from", tmp_path / "forged.png", "-o", tmp_path / "out.png")
+    assert "guidance must be a finite number, got nan" in one_line_error(proc)
+    assert not (tmp_path / "out.png").exists()

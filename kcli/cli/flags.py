@@ -68,8 +68,8 @@ def _parameter(f, fill: dict) -> inspect.Parameter:
                                                               if kind is bool and default is None else ""))]
     if spec.short:
         decls.append(spec.short)
-    extra = {"min": spec.min} if spec.min is not None else {}
-    info = typer.Option(*decls, help=help_text, rich_help_panel=spec.panel, **extra)
+    # bounds are checked by the schema (settings.check_ranges), with one message for flags, files and requests
+    info = typer.Option(*decls, help=help_text, rich_help_panel=spec.panel)
     hint = Optional[cli_type] if optional else cli_type
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[hint, info])
 

@@ -17,7 +17,6 @@ import json
 import sys
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from kcli.errors import KandinskyError
 from kcli.pipelines.settings import job_keys

@@ -36,6 +36,7 @@ from kcli.pipelines.placement import Offload, Placement
 from kcli.pipelines.prior import PriorStage
 from kcli.pipelines.requests import Request
 from kcli.pipelines.settings import Loading, record
+from kcli.samplers import decoder_sampler
 from kcli.samplers.noise import cpu_generator
 
 SAMPLER_OF = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim"}  # the checkpoint's own, by our names
@@ -123,6 +124,8 @@ class Kandinsky:
             request = request.seeded()
             events.note(f"seed: {request.seed}")
         self._decoder_for(request)
+        # the step counts this checkpoint's schedules can take, before any work
+        decoder_sampler(self.decoder.scheduler_config, request.sampler).timesteps(request.steps)
         how = recipe(self, request, events)
         if how.size.note():
             events.note(how.size.note())

@@ -10,13 +10,14 @@ model. No torch here.
 """
 
 import dataclasses
+import math
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from kcli.errors import KandinskyError
-from kcli.pipelines.settings import INPUT, Sampling, setting
+from kcli.pipelines.settings import INPUT, Sampling, check_ranges, setting
 
 DEFAULT_SIZE = 512  # the reference's width and height
 PRIOR_MODES = ("diffusion", "linear", "none")
@@ -30,16 +31,10 @@ class Request(Sampling):
     inpainting: ClassVar[bool] = False  # needs the inpainting decoder
 
     def check(self) -> None:
-        for name in ("steps", "prior_steps", "num_images", "best_of"):
-            if getattr(self, name) < 1:
-                raise KandinskyError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("guidance", "prior_guidance"):
-            if getattr(self, name) < 0:
-                raise KandinskyError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        if self.steps > 1000 or self.prior_steps > 1000:
-            raise KandinskyError("steps cannot exceed the 1000 training timesteps")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise KandinskyError(f"seed must be between 0 and 2^63-1, got {self.seed}")
+        check_ranges(self)
+        if self.seed is not None and self.seed + self.num_images * self.best_of - 1 >= 2**63:
+            raise KandinskyError(f"seed {self.seed} leaves no room for {self.num_images * self.best_of} images: the "
+                                 "seeds S, S+1 ... must stay below 2^63")
         if self.prior_mode not in PRIOR_MODES:
             raise KandinskyError(f"unknown prior mode {self.prior_mode!r}: use diffusion, linear or none")
         if self.prior_mode == "linear" and not self.linear_prior:
@@ -98,7 +93,7 @@ class Fuse(Request):
     items: tuple = setting((), "Texts and image files to mix (prefix text: or image: to force).", argument=True,
                            file=False, recorded=True)
     weights: tuple[float, ...] | None = setting(None, "Comma-separated weights, one per item; normalised to "
-                                                "sum 1. Default: equal.", panel=INPUT, file=False)
+                                                "sum 1. Default: equal.", panel=INPUT, min=0, max=1e6, file=False)
     title: str = ""  # what the mix is called in file names and records
 
     def check(self) -> None:
@@ -225,6 +220,8 @@ def normalise(weights, count: int) -> list[float]:
         raise KandinskyError(f"--weights has {len(weights)} value(s) for {count} item(s)")
     if any(w < 0 for w in weights):
         raise KandinskyError(f"--weights must not be negative: {','.join(f'{w:g}' for w in weights)}")
+    if not all(math.isfinite(w) for w in weights):
+        raise KandinskyError(f"--weights must be finite numbers: {','.join(f'{w:g}' for w in weights)}")
     total = sum(weights)
     if total <= 0:
         raise KandinskyError("--weights add up to 0: give at least one item a positive weight")

@@ -19,10 +19,13 @@ This module imports nothing heavy: the command line reads it to draw ``--help`` 
 """
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kcli.errors import KandinskyError
 
 # Where a setting applies: the help panels of the command line, and the three groups above.
 SAMPLING, MODEL, DEVICE, BATCH, OUTPUT, INPUT = "Sampling", "Model", "Device", "Batch", "Output", "Input"
@@ -36,7 +39,8 @@ class Spec:
     panel: str = SAMPLING
     short: str | None = None  # a one-letter flag, e.g. "-W"
     flag: str | None = None  # the long flag, when it is not --the-name (e.g. --no-paste-back)
-    min: float | None = None
+    min: float | None = None  # bounds of a number (each number of a tuple), checked wherever it comes from
+    max: float | None = None
     file: bool = True  # a key of presets and the user config
     job: bool = False  # a key of a batch's JSON lines (and a server's request body)
     recorded: bool = False  # written into each image and read back by --from
@@ -68,6 +72,8 @@ def base_type(kind) -> type:
 
 
 # ---- the groups -----------------------------------------------------------------------------------------
+
+MAX_SIDE = 4096  # pixels: the models were trained at up to 1024; beyond this no plan fits a GPU
 
 GENERATING = frozenset({"generate", "fuse", "vary", "inpaint", "outpaint"})
 FROM_A_PROMPT_LIST = frozenset({"generate", "inpaint", "outpaint"})  # fuse and vary take their items as arguments
@@ -106,19 +112,24 @@ class Sampling:
 
     negative: str | None = setting(None, "What to steer away from.", job=True, recorded=True)
     seed: int | None = setting(None, "Random seed; image i of -n uses seed+i. Drawn and printed if left out (in "
-                               "a batch: derived from each prompt, so reruns repeat).", min=0, file=False,
+                               "a batch: derived from each prompt, so reruns repeat).", min=0, max=2**63 - 1, file=False,
                                job=True, recorded=True)
-    width: int | None = setting(None, "Width in pixels (default: {size}).", short="-W", job=True, recorded=True,
+    width: int | None = setting(None, "Width in pixels (default: {size}).", short="-W", min=1, max=MAX_SIDE,
+                                job=True, recorded=True,
                                 commands=GENERATING - {"outpaint"})  # outpaint's size comes from --expand
-    height: int | None = setting(None, "Height in pixels (default: {size}).", short="-H", job=True, recorded=True,
+    height: int | None = setting(None, "Height in pixels (default: {size}).", short="-H", min=1, max=MAX_SIDE,
+                                 job=True, recorded=True,
                                  commands=GENERATING - {"outpaint"})
-    steps: int = setting(100, "Decoder denoising steps.", job=True, recorded=True)
-    prior_steps: int = setting(25, "Prior denoising steps.", job=True, recorded=True)
-    guidance: float = setting(4.0, "Decoder classifier-free guidance (1 = off).", job=True, recorded=True)
-    prior_guidance: float = setting(4.0, "Prior classifier-free guidance (1 = off).", job=True, recorded=True)
-    num_images: int = setting(1, "How many images; image i uses seed+i.", short="-n", min=1, job=True)
+    steps: int = setting(100, "Decoder denoising steps.", min=1, max=1000, job=True, recorded=True)
+    prior_steps: int = setting(25, "Prior denoising steps.", min=1, max=1000, job=True, recorded=True)
+    guidance: float = setting(4.0, "Decoder classifier-free guidance (1 = off).", min=0, max=100, job=True,
+                              recorded=True)
+    prior_guidance: float = setting(4.0, "Prior classifier-free guidance (1 = off).", min=0, max=100, job=True,
+                                    recorded=True)
+    num_images: int = setting(1, "How many images; image i uses seed+i.", short="-n", min=1, max=10_000,
+                              job=True)
     best_of: int = setting(1, "Make N candidates per image and keep the one CLIP finds closest to the prompt "
-                           "(--scorer).", min=1, job=True)
+                           "(--scorer).", min=1, max=100, job=True)
     sampler: str | None = setting(None, "Decoder sampler: default (the checkpoint's), ddpm, ddim, dpm++2m, "
                                   "dpm++2m-karras.", job=True, recorded=True)
     prior_mode: str = setting("diffusion", "diffusion (the prior), linear (a fitted map, --linear-prior) or none "
@@ -201,3 +212,26 @@ def _plain(value):
     if value is None or isinstance(value, (str, int, float, bool, list, dict)):
         return value
     return None
+
+
+def check_ranges(values) -> None:
+    """Every number the settings of ``values`` (a settings dataclass) hold is finite and within its declared
+    bounds, or one line names it. Flags, presets, batch lines, ``--from`` and request bodies all become
+    requests, so this one check covers them all."""
+    for f in settings_of(type(values)):
+        spec, value = spec_of(f), getattr(values, f.name)
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            name = f.name.replace("_", "-")
+            if not math.isfinite(v):
+                raise KandinskyError(f"{name} must be a finite number, got {v}")
+            if spec.min is not None and v < spec.min:
+                bound = "not be negative" if spec.min == 0 else f"be at least {spec.min:g}"
+                raise KandinskyError(f"{name} must {bound}, got {v}")
+            if spec.max is not None and v > spec.max:
+                raise KandinskyError(f"{name} must be at most {_number(spec.max)}, got {v}")
+
+
+def _number(x) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kcli.errors import CheckpointError
+from kcli.errors import CheckpointError, KandinskyError
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("leading", "trailing", "linspace")
@@ -79,8 +79,15 @@ def alphas_cumprod(cfg: ScheduleConfig) -> torch.Tensor:
 def spaced_timesteps(cfg: ScheduleConfig, n: int) -> list[int]:
     """``n`` inference timesteps, descending, spaced over the training timesteps as the config says."""
     T = cfg.num_train_timesteps
-    if not 1 <= n <= T:
-        raise ValueError(f"steps must be between 1 and {T}, got {n}")
+    ts = _spaced(cfg, n) if 1 <= n <= T else [T]
+    if ts[0] >= T:  # "leading" with steps_offset=1 reaches T itself at n = T: the schedule ends one short
+        most = next(m for m in range(min(n, T), 0, -1) if _spaced(cfg, m)[0] < T)
+        raise KandinskyError(f"steps must be between 1 and {most} for this checkpoint's schedule, got {n}")
+    return ts
+
+
+def _spaced(cfg: ScheduleConfig, n: int) -> list[int]:
+    T = cfg.num_train_timesteps
     if cfg.timestep_spacing == "linspace":
         ts = np.linspace(0, T - 1, n).round()[::-1]
     elif cfg.timestep_spacing == "leading":
