@@ -43,6 +43,11 @@ def decoder_grid_step(folder: Path) -> int:
     return grid_step(len(movq.get("block_out_channels", [0])), len(unet.get("block_out_channels", [0])))
 
 
+def movq_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp16's range is too small for the MoVQ decoder's activations: it runs in fp32 then (67M weights)."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
 class DecoderStage:
     def __init__(self, unet: UNet, movq: MoVQ, scheduler_config: dict, text: MCLIPText | None = None,
                  placement: Placement | None = None):
@@ -62,9 +67,7 @@ class DecoderStage:
         where = placement.weights_device
         # convolutions run fastest channels-last on CPU (bf16: 2x) and on tensor cores: laid out so as they load
         unet = load_unet(folder / "unet", dtype=dtype, device=where, channels_last=True)
-        # fp16's range is too small for the MoVQ decoder's activations: keep it in fp32 (67M weights)
-        movq = load_movq(folder / "movq", dtype=torch.float32 if dtype == torch.float16 else dtype, device=where,
-                         channels_last=True)
+        movq = load_movq(folder / "movq", dtype=movq_dtype(dtype), device=where, channels_last=True)
         text = None
         if unet.config.version == "2.1":
             text = MCLIPText.load(folder, dtype=dtype, device=where)
@@ -194,8 +197,12 @@ class DecoderStage:
 
     def decode(self, latents: torch.Tensor, tile: bool | None = None) -> np.ndarray:
         """(B, 4, h, w) latents -> (B, H, W, 3) uint8 pixels; in tiles when ``tile``, or (None) when large."""
+        return to_uint8(self.decode_tensor(latents, tile))
+
+    def decode_tensor(self, latents: torch.Tensor, tile: bool | None = None) -> torch.Tensor:
+        """``decode`` before the conversion to pixels: (B, 3, H, W) in about [-1, 1], on the device."""
         if tile is None:
             tile = max(latents.shape[-2:]) > tiling.AUTO_TILE_LATENT
         with self.placement.on(self.movq):
             z = latents.to(self.device, self.movq.dtype)
-            return to_uint8(tiling.decode(self.movq, z) if tile else self.movq.decode(z))
+            return tiling.decode(self.movq, z) if tile else self.movq.decode(z)
