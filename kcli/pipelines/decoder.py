@@ -202,7 +202,7 @@ class DecoderStage:
     def decode_tensor(self, latents: torch.Tensor, tile: bool | None = None) -> torch.Tensor:
         """``decode`` before the conversion to pixels: (B, 3, H, W) in about [-1, 1], on the device."""
         if tile is None:
-            tile = max(latents.shape[-2:]) > tiling.AUTO_TILE_LATENT
+            tile = max(latents.shape[-2:]) >= tiling.AUTO_TILE_LATENT
         with self.placement.on(self.movq):
             z = latents.to(self.device, self.movq.dtype)
             return tiling.decode(self.movq, z) if tile else self.movq.decode(z)

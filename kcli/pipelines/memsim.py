@@ -35,6 +35,7 @@ from kcli.models.movq import MoVQ, MoVQConfig
 from kcli.models.prior import PriorConfig, PriorTransformer
 from kcli.models.unet import UNet, UNetConfig
 from kcli.pipelines.decoder import DecoderStage, movq_dtype
+from kcli.pipelines.kandinsky import Kandinsky, Settings
 from kcli.pipelines.memtrack import DeviceMemory
 from kcli.pipelines.offload import Streamer, _tensors
 from kcli.pipelines.prior import PriorStage
@@ -150,6 +151,14 @@ class SimPrior(PriorStage):
         super().__init__(Path("."), text, prior, UnCLIPSampler.from_dict(configs.prior_scheduler), dtype, placement)
         self.configs, self.cold = configs, cold
 
+    def embed(self, *args, **kwargs):
+        self.placement.mem.label = "prior"
+        return super().embed(*args, **kwargs)
+
+    def compute_zero_embed(self) -> torch.Tensor:
+        self.placement.mem.label = "zero embed"
+        return super().compute_zero_embed()
+
     def _load_image_encoder(self) -> CLIPImage:
         return CLIPImage(None, _meta(self.placement.mem, lambda: vision_model(self.configs.image_encoder), self.dtype))
 
@@ -171,7 +180,12 @@ class SimDecoder(DecoderStage):
             placement.adopt(model)
         super().__init__(unet, movq, configs.decoder_scheduler, text, placement)
 
+    def sample(self, *args, **kwargs):
+        self.placement.mem.label = "decoder"
+        return super().sample(*args, **kwargs)
+
     def decode(self, latents: torch.Tensor, tile: bool | None = None) -> np.ndarray:
+        self.placement.mem.label = "decode"
         pixels = self.decode_tensor(latents, tile)
         return np.zeros((pixels.shape[0], pixels.shape[2], pixels.shape[3], 3), np.uint8)
 
@@ -179,7 +193,8 @@ class SimDecoder(DecoderStage):
 @dataclass(frozen=True)
 class Peak:
     bytes: int
-    stage: str  # where it was reached: prior, zero embed, decoder, decode
+    stage: str  # where it was reached: load, prior, zero embed, decoder, decode
+    stages: dict[str, int]  # the peak of each of them
 
 
 def measure(configs: Configs, level: str, *, size: int = 512, dtype: torch.dtype = torch.float16,
@@ -194,20 +209,9 @@ def measure(configs: Configs, level: str, *, size: int = 512, dtype: torch.dtype
         mem.label = "load"
         prior, decoder = SimPrior(configs, dtype, placement, cold), SimDecoder(configs, dtype, placement)
         k = Kandinsky(prior, decoder, META, dtype)
-        compute_zero_embed = prior.compute_zero_embed
-
-        def zero_embed_labelled():
-            mem.label = "zero embed"
-            return compute_zero_embed()
-
-        prior.compute_zero_embed = zero_embed_labelled
-
-        def stage(name: str, done: int, total: int) -> None:
-            mem.label = name
-
         settings = Settings("", width=size, height=size, steps=1, prior_steps=1,
                             tile=tile if tile is not None else level_tile)
-        for _ in k.generate(settings, on_progress=stage):
+        for _ in k.generate(settings):
             pass
         placement.close()
-    return Peak(mem.peak, mem.peak_label)
+    return Peak(mem.peak, mem.peak_label, dict(mem.peaks))

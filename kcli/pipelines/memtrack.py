@@ -69,6 +69,7 @@ class DeviceMemory(TorchDispatchMode):
         self.current = self.peak = 0
         self.label = ""  # what runs now (set by the caller), recorded with the peak
         self.peak_label = ""
+        self.peaks: dict[str, int] = {}  # label -> the peak while it was set
         self._attention = _FusedAttention() if fused_attention else None
         self._paused = 0
 
@@ -86,6 +87,8 @@ class DeviceMemory(TorchDispatchMode):
         self.current -= self.live.pop(key, 0)
 
     def _update_peak(self) -> None:
+        if self.current > self.peaks.get(self.label, -1):
+            self.peaks[self.label] = self.current
         if self.current > self.peak:
             self.peak, self.peak_label = self.current, self.label
 
