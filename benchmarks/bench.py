@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import sections  # benchmarks/sections.py: the parts of the report other scripts write
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONFIGS = ROOT / "tests" / "data" / "configs"  # the real checkpoints' configs
@@ -815,7 +817,8 @@ def main(argv=None) -> int:
         {"args": {k: str(v) for k, v in vars(args).items()}, "machine": info, "versions": vers,
          "runs": bench.raw, "rows": [r.__dict__ for r in bench.rows]}, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(bench.rows, bench.notes, args, info, vers, bench.raw, seconds))
+    report = markdown(bench.rows, bench.notes, args, info, vers, bench.raw, seconds)
+    args.out.write_text(sections.keep(args.out.read_text() if args.out.exists() else "", report))
     _say(f"wrote {args.out} (raw figures and logs: {bench.runs})")
     return 0
 
