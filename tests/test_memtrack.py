@@ -116,6 +116,24 @@ def test_meta_runs_peak_as_cpu_runs_do():
     assert peaks[0] == peaks[1] > 0
 
 
+def test_remembered_meta_ops_give_the_same_outputs_and_peak():
+    from kcli.pipelines import metacache
+
+    with torch.device("meta"):
+        movq = MoVQ(SMALL_MOVQ).eval()
+    z = torch.empty(2, 4, 40, 24, device="meta")
+    runs = []
+    metacache._CACHE.clear()
+    for _ in range(2):  # the first run fills the cache, the second is made from it
+        with torch.inference_mode(), DeviceMemory("meta") as mem:
+            out = movq.decode(z)
+            x = torch.empty(4, 6, device="meta").t_()  # reshaped in place: run, never remembered
+        runs.append((mem.peak, out.shape, out.stride(), out.dtype, x.shape))
+        assert metacache._CACHE
+    assert runs[0] == runs[1]
+    assert runs[0][1] == (2, 3, 160, 96) and runs[0][4] == (6, 4)
+
+
 def test_fused_attention_keeps_no_score_matrix():
     q = torch.empty(1, 1, 4096, 64, device="meta", dtype=torch.float16)
     peaks = {}
