@@ -7,7 +7,7 @@ GPU for benchmarks/gpu_check.py) and adopted by the placement in the loaders' or
 - the zero-embedding cache: ``cold`` computes the embedding once (``PriorStage.compute_zero_embed``), otherwise it
   is zeros, as if read from the cache;
 - on the meta device, the uint8 pixels at the end of ``decode`` (nothing to copy to the host; the decoded
-  picture itself is made).
+  picture itself is made). On a real device ``decode`` also notes whether every picture was finite.
 ``on_stage(name)`` hears each stage begin: prior, zero embed, decoder, decode.
 """
 
@@ -28,6 +28,7 @@ from kcli.models.movq import MoVQ, MoVQConfig
 from kcli.models.prior import PriorConfig, PriorTransformer
 from kcli.models.unet import UNet, UNetConfig
 from kcli.pipelines.decoder import DecoderStage, movq_dtype
+from kcli.pipelines.images import to_uint8
 from kcli.pipelines.prior import PriorStage
 from kcli.samplers.unclip import UnCLIPSampler
 
@@ -124,6 +125,7 @@ class ConfiguredDecoder(DecoderStage):
             placement.adopt(model)
         super().__init__(unet, movq, configs.decoder_scheduler, text, placement)
         self.on_stage = on_stage
+        self.finite = True  # every picture decoded so far was finite (checked on real devices)
 
     def sample(self, *args, **kwargs):
         self.on_stage("decoder")
@@ -131,7 +133,8 @@ class ConfiguredDecoder(DecoderStage):
 
     def decode(self, latents: torch.Tensor, tile: bool | None = None) -> np.ndarray:
         self.on_stage("decode")
-        if self.device.type != "meta":
-            return super().decode(latents, tile)
         pixels = self.decode_tensor(latents, tile)
+        if self.device.type != "meta":
+            self.finite = self.finite and bool(pixels.isfinite().all())
+            return to_uint8(pixels)
         return np.zeros((pixels.shape[0], pixels.shape[2], pixels.shape[3], 3), np.uint8)
