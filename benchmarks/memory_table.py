@@ -85,6 +85,12 @@ def report(tables: dict[str, list[str]], extra: list[str], seconds: float) -> st
         "kernels run it (no N x N scores). The MoVQ runs in fp32 under fp16. On a CPU run the same tracker "
         "agrees with glibc's allocator counts to 0.01% (tests/test_memtrack.py).",
         "",
+        "Reading it: a cold `high` run peaks in the zero embedding, when the CLIP image encoder joins every "
+        "other model; `balanced` is bounded by its largest stage (the image encoder cold, prior + CLIP text "
+        "warm); `low` and `min` by the MoVQ decode, which runs in fp32 under fp16 (bf16 halves it) and is tiled "
+        "from 1024 px on (`low`) or always (`min`); 2.1's `min` by M-CLIP's 250k-token embedding table, streamed "
+        "as one block. `--memory auto` must plan for the cold figure.",
+        "",
         "Not counted: the CUDA context (about 0.3-0.5 GiB per process), the caching allocator's reserve and "
         "fragmentation (`max_memory_reserved` is higher; with sequential offload the side-stream copies freed "
         "with `record_stream` can pile up, see issue 14), cuDNN/cuBLAS workspaces, and `torch.compile`.",

@@ -11,9 +11,9 @@ from kcli.pipelines.memplan import ORDER, LevelPeak, estimate, pick
 from kcli.pipelines.memsim import Configs
 from kcli.pipelines.memtrack import GiB
 
-# 2.2, fp16, 1024 px, as the tracker measured them (benchmarks/memory_table.py); warm below cold
-TABLE = {"high": LevelPeak(int(9.24 * GiB), int(6.9 * GiB)), "balanced": LevelPeak(int(3.45 * GiB), int(3.2 * GiB)),
-         "low": LevelPeak(int(0.52 * GiB), int(0.52 * GiB)), "min": LevelPeak(int(0.52 * GiB), int(0.5 * GiB))}
+# 2.2, fp16, 1024 px, as the tracker measured them (docs/benchmarks.md, section "memory")
+TABLE = {"high": LevelPeak(int(9.24 * GiB), int(6.31 * GiB)), "balanced": LevelPeak(int(3.45 * GiB), int(3.21 * GiB)),
+         "low": LevelPeak(int(0.52 * GiB), int(0.52 * GiB)), "min": LevelPeak(int(0.52 * GiB), int(0.52 * GiB))}
 ODD = {"high": LevelPeak(8 * GiB, 5 * GiB), "balanced": LevelPeak(9 * GiB, 9 * GiB),  # not monotonic
        "low": LevelPeak(GiB, GiB), "min": LevelPeak(2 * GiB, GiB)}
 

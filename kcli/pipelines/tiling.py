@@ -9,8 +9,9 @@ Used automatically from ``AUTO_TILE_LATENT`` latent pixels per side on (1024 px 
 
 Tile sizes: the fine part's activations scale with the tile's area, so a tile must be well below the
 picture to save anything. 32 latent pixels (256 px) with an overlap of 8 take the fp32 decode's peak from
-3.3 GiB to 0.3 GiB at 1024 px, and from 1.0 to 0.3 GiB at 512 px (a 64-pixel tile covers a whole
-512 px latent and saves nothing), for about twice the fine part's compute (memsim measures these).
+4.0 GiB whole (1.3 in 64-pixel tiles) to 0.5 GiB at 1024 px, and from 1.0 to 0.3 GiB at 512 px, where a
+64-pixel tile covers the whole latent and saves nothing; the fine part's compute about doubles
+(figures from memtrack, as tests/test_memtrack.py measures them).
 """
 
 from __future__ import annotations
