@@ -188,3 +188,30 @@ def test_a_cold_high_run_peaks_with_the_image_encoder_joining_every_model(peaks)
     assert cold.stage == "zero embed"
     weights_22_fp16 = (1.25 + 1.03 + 0.69 + 1.84 + 0.07 * 2) * 1e9 * 2  # UNet, prior, CLIP text and image, MoVQ fp32
     assert cold.bytes > 0.95 * weights_22_fp16
+
+
+def test_sequential_offload_holds_at_most_two_blocks_of_weights():
+    from kcli.models.unet import UNet, UNetConfig
+    from kcli.pipelines.configured import _json
+    from kcli.pipelines.offload import Streamer, _owners
+
+    with torch.device("meta"):
+        unet = UNet(UNetConfig.from_dict(_json(CONFIGS / "kandinsky-2-2-decoder.unet.json"))).half().eval()
+    blocks = sorted((sum(t.nbytes for t in [*b.parameters(recurse=False), *b.buffers(recurse=False)])
+                     for b in _owners(unet)), reverse=True)
+    root = sum(t.nbytes for t in [*unet.parameters(recurse=False), *unet.buffers(recurse=False)])
+
+    def run():  # the smallest latent, so that activations are small beside the blocks
+        x, t = torch.empty(2, 4, 8, 8, device="meta", dtype=torch.half), torch.tensor([999, 999])
+        with torch.inference_mode(), DeviceMemory("meta") as mem:
+            unet(x, t, image_embeds=torch.empty(2, 1280, device="meta", dtype=torch.half))
+        return mem.peak
+
+    activations = run()  # no weights counted: the same run's activations alone
+    streamer = Streamer(unet, torch.device("meta"), pin=False)
+    try:
+        run()  # learns the order
+        streamed = run() - activations - root
+    finally:
+        streamer.remove()
+    assert blocks[0] < streamed <= blocks[0] + blocks[1], (streamed, blocks[:2])
