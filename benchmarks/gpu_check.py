@@ -31,16 +31,16 @@ if str(ROOT) not in sys.path:
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
 
-from kcli.loading.weights import _rebuild_id_buffers  # noqa: E402
-from kcli.pipelines.configured import Configs, ConfiguredDecoder, ConfiguredPrior  # noqa: E402
-from kcli.pipelines.kandinsky import Kandinsky, Settings  # noqa: E402
-from kcli.pipelines.memsim import LEVELS, measure  # noqa: E402
-from kcli.pipelines.memtrack import GiB  # noqa: E402
-from kcli.pipelines.offload import Placement  # noqa: E402
+from kcli.loading.weights import _rebuild_id_buffers
+from kcli.pipelines.configured import Configs, ConfiguredDecoder, ConfiguredPrior
+from kcli.pipelines.kandinsky import Kandinsky, Settings
+from kcli.pipelines.memsim import LEVELS, measure
+from kcli.pipelines.memtrack import GiB
+from kcli.pipelines.offload import Placement
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 AGREE = 3.0  # mean absolute difference (of 255) two levels' images may have (tiles see their own group norms)
@@ -222,9 +222,9 @@ def main() -> int:
     if args.write:
         import sections
 
-        body = "\n".join([f"## GPU check ({name})", "", f"`python benchmarks/gpu_check.py`, {seconds / 60:.1f} min, "
-                          f"{args.steps} decoder and {args.prior_steps} prior steps, random weights. GiB.", "",
-                          HEADER, *(row(r) for r in runs)])
+        note = (f"`python benchmarks/gpu_check.py`, {seconds / 60:.1f} min, {args.steps} decoder and "
+                f"{args.prior_steps} prior steps, random weights. GiB.")
+        body = "\n".join([f"## GPU check ({name})", "", note, "", HEADER, *(row(r) for r in runs)])
         out = ROOT / "docs" / "benchmarks.md"
         out.write_text(sections.put(out.read_text() if out.exists() else "", "gpu", body))
     return 1 if any(r.problems for r in runs) else 0

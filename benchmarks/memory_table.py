@@ -22,11 +22,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT)]  # kcli from this working tree
 
-import sections  # noqa: E402
-import torch  # noqa: E402
+import sections
+import torch
 
-from kcli.pipelines.memsim import LEVELS, Configs, measure  # noqa: E402
-from kcli.pipelines.memtrack import GiB  # noqa: E402
+from kcli.pipelines.memsim import LEVELS, Configs, measure
+from kcli.pipelines.memtrack import GiB
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 STAGE = {"load": "l", "prior": "p", "zero embed": "z", "decoder": "u", "decode": "d"}
@@ -61,42 +61,43 @@ def zero_embed_first(configs: Configs, sizes, dtypes) -> list[str]:
 
 
 def report(tables: dict[str, list[str]], extra: list[str], seconds: float) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            check=False).stdout
     out = [
         "## Peak GPU memory by memory level (tracker, no GPU)",
         "",
-        f"Made by `python benchmarks/memory_table.py` on {datetime.date.today()} ({seconds / 60:.0f} min, "
-        f"kandinsky commit {commit.strip() or '?'}). GiB of device memory at the peak of one text-to-image call "
-        "(guidance on: batch 2 in the prior and the UNet), as `torch.cuda.max_memory_allocated` would read it. "
-        "The letter names the stage of the peak: l load, p prior (CLIP text + prior), z zero-image embedding "
-        "(the CLIP image encoder), u UNet sampling, d MoVQ decode. *Cold* is the first run for a checkpoint "
-        "and dtype (the zero embedding is computed), *warm* any later one (it comes from the cache).",
+        (f"Made by `python benchmarks/memory_table.py` on {datetime.date.today()} ({seconds / 60:.0f} min, "
+         f"kandinsky commit {commit.strip() or '?'}). GiB of device memory at the peak of one text-to-image call "
+         "(guidance on: batch 2 in the prior and the UNet), as `torch.cuda.max_memory_allocated` would read it. "
+         "The letter names the stage of the peak: l load, p prior (CLIP text + prior), z zero-image embedding "
+         "(the CLIP image encoder), u UNet sampling, d MoVQ decode. *Cold* is the first run for a checkpoint "
+         "and dtype (the zero embedding is computed), *warm* any later one (it comes from the cache)."),
         "",
     ]
     for version, lines in tables.items():
         out += [f"### Kandinsky {version}", "", *lines, ""]
     out += [
-        "How it is measured: `kcli.pipelines.memsim` runs the real `Kandinsky.generate` and its stages (one prior "
-        "step and one decoder step: steps do not change the peak) with full-size models built on PyTorch's meta "
-        "device from the real configs, under `kcli.pipelines.memtrack.DeviceMemory`, a dispatch mode that counts "
-        "the bytes of live tensors on the device. Weights count while resident: from load on with offload "
-        "`none` (`high`), for their stage with `model` (`balanced`), per block with `sequential` (`low`, `min`: "
-        "the real `Streamer`, the block running and the one prefetched). Attention counts as CUDA's fused "
-        "kernels run it (no N x N scores). The MoVQ runs in fp32 under fp16. On a CPU run the same tracker "
-        "agrees with glibc's allocator counts to 0.01% (tests/test_memtrack.py).",
+        ("How it is measured: `kcli.pipelines.memsim` runs the real `Kandinsky.generate` and its stages (one prior "
+         "step and one decoder step: steps do not change the peak) with full-size models built on PyTorch's meta "
+         "device from the real configs, under `kcli.pipelines.memtrack.DeviceMemory`, a dispatch mode that counts "
+         "the bytes of live tensors on the device. Weights count while resident: from load on with offload "
+         "`none` (`high`), for their stage with `model` (`balanced`), per block with `sequential` (`low`, `min`: "
+         "the real `Streamer`, the block running and the one prefetched). Attention counts as CUDA's fused "
+         "kernels run it (no N x N scores). The MoVQ runs in fp32 under fp16. On a CPU run the same tracker "
+         "agrees with glibc's allocator counts to 0.01% (tests/test_memtrack.py)."),
         "",
-        "Reading it: a cold `high` run peaks in the zero embedding, when the CLIP image encoder joins every "
-        "other model; `balanced` is bounded by its largest stage (the image encoder cold, prior + CLIP text "
-        "warm); `low` and `min` by the MoVQ decode, which runs in fp32 under fp16 (bf16 halves it) and is tiled "
-        "from 1024 px on (`low`) or always (`min`); 2.1's `min` by M-CLIP's 250k-token embedding table, streamed "
-        "as one block. `--memory auto` must plan for the cold figure.",
+        ("Reading it: a cold `high` run peaks in the zero embedding, when the CLIP image encoder joins every "
+         "other model; `balanced` is bounded by its largest stage (the image encoder cold, prior + CLIP text "
+         "warm); `low` and `min` by the MoVQ decode, which runs in fp32 under fp16 (bf16 halves it) and is tiled "
+         "from 1024 px on (`low`) or always (`min`); 2.1's `min` by M-CLIP's 250k-token embedding table, streamed "
+         "as one block. `--memory auto` must plan for the cold figure."),
         "",
-        "Not counted: the CUDA context (about 0.3-0.5 GiB per process), the caching allocator's reserve and "
-        "fragmentation (`max_memory_reserved` is higher; with sequential offload the side-stream copies freed "
-        "with `record_stream` can pile up, see issue 14), cuDNN/cuBLAS workspaces, and `torch.compile`.",
+        ("Not counted: the CUDA context (about 0.3-0.5 GiB per process), the caching allocator's reserve and "
+         "fragmentation (`max_memory_reserved` is higher; with sequential offload the side-stream copies freed "
+         "with `record_stream` can pile up, see issue 14), cuDNN/cuBLAS workspaces, and `torch.compile`."),
         "",
-        "With the zero embedding made before the decoder loads (not yet what the pipeline does), `high` cold "
-        "would peak at:",
+        ("With the zero embedding made before the decoder loads (not yet what the pipeline does), `high` cold "
+         "would peak at:"),
         "",
         *extra,
     ]

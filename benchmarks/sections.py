@@ -13,7 +13,7 @@ import re
 
 
 def _pattern(name: str) -> re.Pattern:
-    return re.compile(rf"<!-- section: {re.escape(name)} -->\n.*?<!-- end: {re.escape(name)} -->\n?", re.S)
+    return re.compile(rf"<!-- section: {re.escape(name)} -->\n.*?<!-- end: {re.escape(name)} -->\n?", re.DOTALL)
 
 
 def block(name: str, body: str) -> str:

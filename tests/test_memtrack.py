@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from kcli.models.movq import MoVQ, MoVQConfig
 from kcli.pipelines import tiling
 from kcli.pipelines.memsim import Configs, measure
-from kcli.pipelines.memtrack import GiB, DeviceMemory
+from kcli.pipelines.memtrack import DeviceMemory, GiB
 
 CONFIGS = Path(__file__).parent / "data" / "configs"
 SMALL_MOVQ = MoVQConfig(block_out_channels=(32, 64), down_attn=(False, True), up_attn=(True, False),

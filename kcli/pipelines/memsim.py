@@ -108,8 +108,6 @@ def measure(configs: Configs, level: str, *, size: int = 512, dtype: torch.dtype
     ``zero_embed_first`` measures a schedule the pipeline does not have yet: a cold zero embedding made
     right after the prior loads, before the decoder does.
     """
-    from kcli.pipelines.kandinsky import Kandinsky, Settings
-
     offload, level_tile = LEVELS[level]
     mem = DeviceMemory(META)
     placement = SimPlacement(offload, mem)

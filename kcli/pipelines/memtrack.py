@@ -48,7 +48,7 @@ class _FusedAttention(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
-        q, k, v = args[:3]
+        q, v = args[0], args[2]
         out_shape = (*q.shape[:-1], v.shape[-1])
         return q.new_empty(out_shape)  # flash / mem-efficient: the log-sum-exp rows are not kept at inference
 
