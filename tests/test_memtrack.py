@@ -215,3 +215,23 @@ def test_sequential_offload_holds_at_most_two_blocks_of_weights():
     finally:
         streamer.remove()
     assert blocks[0] < streamed <= blocks[0] + blocks[1], (streamed, blocks[:2])
+
+
+def test_large_pictures_are_encoded_in_tiles_that_shrink_the_peak(monkeypatch):
+    from kcli.pipelines.configured import ConfiguredDecoder, Configs
+    from kcli.pipelines.memsim import SimPlacement, _meta_maker
+
+    mem = DeviceMemory("meta")
+    configs = Configs.from_folder(CONFIGS)
+    stage = ConfiguredDecoder(configs, torch.float16, SimPlacement("none", mem), _meta_maker(mem))
+    picture = torch.empty(1, 3, 1024, 1024)
+    with torch.inference_mode(), mem:
+        stage.encode(picture)
+    tiled = mem.peak
+    monkeypatch.setattr(tiling, "AUTO_TILE_LATENT", 1024)  # never tile
+    mem.reset_peak()
+    with torch.inference_mode(), mem:
+        latents = stage.encode(picture)
+    assert latents.shape == (1, 4, 128, 128)
+    weights = mem.current - latents.nbytes
+    assert tiled - weights < 0.7 * GiB < 2.3 * GiB < mem.peak - weights  # fp32 MoVQ: 0.6 GiB in tiles, 2.5 whole

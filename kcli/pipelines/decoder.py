@@ -143,7 +143,7 @@ class DecoderStage:
         solver = decoder_sampler(self.scheduler_config, sampler)
         with self.placement.on(*self._models(self.movq)):
             cond = self._cond(image_embeds, negative_embeds, prompt, guidance)
-            x0 = self.movq.encode(init.to(self.device)).to(self.unet.dtype)
+            x0 = self.encode(init).to(self.unet.dtype)
             timesteps = solver.timesteps(steps)
             start = steps - max(1, min(int(steps * strength), steps))
             if hasattr(solver, "set_begin_index"):
@@ -174,7 +174,7 @@ class DecoderStage:
                  on_step) -> torch.Tensor:
         dtype, cfg = self.unet.dtype, guidance > 1.0
         cond = self._cond(image_embeds, negative_embeds, prompt, guidance)
-        known = self.movq.encode(image.to(self.device)).to(dtype)  # (1, 4, h, w)
+        known = self.encode(image).to(dtype)  # (1, 4, h, w)
         keep = keep_latent_mask(repaint, tuple(known.shape[-2:])).to(self.device, dtype)
         extra = torch.cat([known * keep, keep], dim=1)  # (1, 5, h, w)
         extra = extra.repeat(2 * image_embeds.shape[0] if cfg else image_embeds.shape[0], 1, 1, 1)
@@ -194,6 +194,14 @@ class DecoderStage:
                           timesteps, guidance=guidance, generator=generator, on_step=on_step,
                           after_step=put_back if blend else None)
         return keep * known + (1 - keep) * latents if blend else latents
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> latents on the device; in tiles from the size ``decode`` tiles at
+        (the whole fp32 encode of a 1024 px picture takes 2.5 GiB, in 512 px tiles 0.6)."""
+        x = pixels.to(self.device)
+        if max(x.shape[-2:]) // self.movq.scale_factor >= tiling.AUTO_TILE_LATENT:
+            return tiling.encode(self.movq, x)
+        return self.movq.encode(x)
 
     def decode(self, latents: torch.Tensor, tile: bool | None = None) -> np.ndarray:
         """(B, 4, h, w) latents -> (B, H, W, 3) uint8 pixels; in tiles when ``tile``, or (None) when large."""

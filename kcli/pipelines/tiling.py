@@ -5,7 +5,7 @@ are small) runs on the whole picture, so attention still sees everything. The hi
 which holds the memory, runs in tiles that overlap by ``overlap`` latent pixels, blended with linear
 ramps so no seam shows. The only difference from a whole decode is that each tile's group norms take
 their statistics from the tile. Encoding is tiled whole (encoder attention then sees the tile).
-Used automatically from ``AUTO_TILE_LATENT`` latent pixels per side on (1024 px for the real models).
+Both are used automatically from ``AUTO_TILE_LATENT`` latent pixels per side on (1024 px for the real models).
 
 Tile sizes: the fine part's activations scale with the tile's area, so a tile must be well below the
 picture to save anything. 32 latent pixels (256 px) with an overlap of 8 take the fp32 decode's peak from
