@@ -219,11 +219,11 @@ def test_sequential_offload_holds_at_most_two_blocks_of_weights():
 
 def test_large_pictures_are_encoded_in_tiles_that_shrink_the_peak(monkeypatch):
     from kcli.pipelines.configured import ConfiguredDecoder, Configs
-    from kcli.pipelines.memsim import SimPlacement, _meta_maker
+    from kcli.pipelines.memsim import SimPlacement, _maker
 
     mem = DeviceMemory("meta")
     configs = Configs.from_folder(CONFIGS)
-    stage = ConfiguredDecoder(configs, torch.float16, SimPlacement("none", mem), _meta_maker(mem))
+    stage = ConfiguredDecoder(configs, torch.float16, SimPlacement("none", mem), _maker(mem))
     picture = torch.empty(1, 3, 1024, 1024)
     with torch.inference_mode(), mem:
         stage.encode(picture)

@@ -34,10 +34,10 @@ LEVELS = {  # memory level -> (offload, MoVQ tiling); pipelines/memory.py is the
 }
 
 
-def _meta_maker(mem: DeviceMemory):
+def _maker(mem: DeviceMemory):
     def make(build, dtype: torch.dtype, channels_last: bool = False) -> nn.Module:
-        """A module built on the meta device as its loader builds it; weights made here are host weights."""
-        with mem.host(), torch.device("meta"):
+        """A module built on the tracked device as its loader builds it; weights made here are host weights."""
+        with mem.host(), mem.device:
             module = build().to(dtype).eval().requires_grad_(False)
             return module.to(memory_format=torch.channels_last) if channels_last else module
 
@@ -45,15 +45,16 @@ def _meta_maker(mem: DeviceMemory):
 
 
 class SimPlacement:
-    """``offload.Placement`` for meta weights, telling ``mem`` what is resident (see the module docstring)."""
+    """``offload.Placement`` for weights that stay on the tracked device (meta, or the CPU in tests), telling
+    ``mem`` what would be resident (see the module docstring)."""
 
     def __init__(self, mode: str, mem: DeviceMemory):
-        self.mode, self.mem, self.device = mode, mem, META
+        self.mode, self.mem, self.device = mode, mem, mem.device
         self.streamers: list[Streamer] = []
 
     @property
     def weights_device(self) -> torch.device:
-        return META
+        return self.device
 
     def adopt(self, module: nn.Module | None) -> nn.Module | None:
         if module is None:
@@ -61,7 +62,7 @@ class SimPlacement:
         if self.mode == "none":
             self.mem.hold(module)  # loaded onto the device, there until freed
         elif self.mode == "sequential":
-            self.streamers.append(Streamer(module, META, pin=False))
+            self.streamers.append(Streamer(module, self.device, pin=False))
             self.mem.hold(*(t for _, t in _tensors(module) if t is not None))
         return module
 
@@ -102,14 +103,16 @@ class Peak:
 
 
 def measure(configs: Configs, level: str, *, size: int = 512, dtype: torch.dtype = torch.float16,
-            cold: bool = True, tile: bool | None = None, zero_embed_first: bool = False) -> Peak:
+            cold: bool = True, tile: bool | None = None, zero_embed_first: bool = False,
+            device: str | torch.device = META) -> Peak:
     """Peak device bytes of one ``size``x``size`` text-to-image call at ``level`` (``tile`` overrides the level's).
 
     ``zero_embed_first`` measures a schedule the pipeline does not have yet: a cold zero embedding made
-    right after the prior loads, before the decoder does.
+    right after the prior loads, before the decoder does. ``device`` "cpu" runs it for real (tiny configs
+    only: it checks that the meta run measures what a real one does).
     """
     offload, level_tile = LEVELS[level]
-    mem = DeviceMemory(META)
+    mem = DeviceMemory(device)
     placement = SimPlacement(offload, mem)
     with mem, _MetaTruth():
         mem.label = "load"
@@ -117,11 +120,11 @@ def measure(configs: Configs, level: str, *, size: int = 512, dtype: torch.dtype
         def label(stage: str) -> None:
             mem.label = stage
 
-        make = _meta_maker(mem)
+        make = _maker(mem)
         prior = ConfiguredPrior(configs, dtype, placement, make, cold, on_stage=label)
         if zero_embed_first:
             prior.zero_embed()
-        k = Kandinsky(prior, ConfiguredDecoder(configs, dtype, placement, make, on_stage=label), META, dtype)
+        k = Kandinsky(prior, ConfiguredDecoder(configs, dtype, placement, make, on_stage=label), mem.device, dtype)
         settings = Settings("", width=size, height=size, steps=1, prior_steps=1,
                             tile=tile if tile is not None else level_tile)
         for _ in k.generate(settings):

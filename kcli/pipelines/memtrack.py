@@ -50,7 +50,7 @@ class _FusedAttention(TorchFunctionMode):
             return func(*args, **kwargs)
         q, v = args[0], args[2]
         out_shape = (*q.shape[:-1], v.shape[-1])
-        return q.new_empty(out_shape)  # flash / mem-efficient: the log-sum-exp rows are not kept at inference
+        return q.new_zeros(out_shape)  # flash / mem-efficient: the log-sum-exp rows are not kept at inference
 
 
 class DeviceMemory(TorchDispatchMode):
