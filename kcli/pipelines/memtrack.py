@@ -8,7 +8,8 @@ off with ``drop`` when they leave). The peak is taken after every op, with its i
 caching allocator's ``max_memory_allocated`` would see it (not its reserved memory, nor fragmentation).
 
 Run it on the ``meta`` device, where tensors have shapes, dtypes and storages but no data, to measure full-size
-models on any machine in seconds; on a real device it measures the same way.
+models on any machine in seconds (meta ops are remembered by input layout: ``metacache``); on a real device it
+measures the same way.
 
 Attention: under the mode, ``F.scaled_dot_product_attention`` runs as CUDA runs it in half precision and fp32
 (flash / memory-efficient kernels: no (N, N) score matrix) unless ``fused_attention=False`` (the math path,
@@ -48,7 +49,8 @@ class _FusedAttention(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
-        q, v = args[0], args[2]
+        q = args[0] if args else kwargs["query"]
+        v = args[2] if len(args) > 2 else kwargs["value"]
         out_shape = (*q.shape[:-1], v.shape[-1])
         return q.new_zeros(out_shape)  # flash / mem-efficient: the log-sum-exp rows are not kept at inference
 
