@@ -64,8 +64,12 @@ def fit(text: torch.Tensor, image: torch.Tensor, ridge: float = 1e-3) -> LinearP
     t, i = text.double(), image.double()
     t_mean, i_mean = t.mean(0), i.mean(0)
     tc, ic = t - t_mean, i - i_mean
-    gram = tc.T @ tc + ridge * torch.eye(t.shape[1], dtype=torch.float64)
-    w_t = torch.linalg.lstsq(gram, tc.T @ ic).solution  # (D_text, D_image); lstsq copes with a singular gram
+    # ridge as extra rows: [Tc; sqrt(ridge) I] W^T = [Ic; 0]. Its pseudo-inverse gives the minimum-norm solution
+    # also when fewer pairs than dimensions and no ridge leave it rank-deficient, on any device (CUDA's lstsq
+    # assumes full rank; a pseudo-inverse of the gram itself would square the condition number)
+    d = t.shape[1]
+    a = torch.cat([tc, ridge**0.5 * torch.eye(d, dtype=torch.float64, device=t.device)])
+    w_t = torch.linalg.pinv(a, rtol=1e-10) @ torch.cat([ic, ic.new_zeros(d, ic.shape[1])])  # (D_text, D_image)
     weight = w_t.T
     bias = i_mean - weight @ t_mean
     return LinearPrior(weight.float(), bias.float())
