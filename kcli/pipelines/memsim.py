@@ -23,15 +23,15 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from kcli.pipelines import memory
 from kcli.pipelines.configured import Configs, ConfiguredDecoder, ConfiguredPrior
 from kcli.pipelines.kandinsky import Kandinsky, Settings
 from kcli.pipelines.memtrack import DeviceMemory
 from kcli.pipelines.offload import Streamer, _tensors
 
 META = torch.device("meta")
-LEVELS = {  # memory level -> (offload, MoVQ tiling); pipelines/memory.py is the source
-    "high": ("none", None), "balanced": ("model", None), "low": ("sequential", None), "min": ("sequential", True),
-}
+# memory level -> (offload, MoVQ tiling), as memory.plan sets them for a GPU (no GPU is asked: the level is given)
+LEVELS = {level: (p.offload, p.tile) for level in memory.LEVELS[1:] for p in [memory.plan(level, torch.device("cuda"))]}
 
 
 def _maker(mem: DeviceMemory):
