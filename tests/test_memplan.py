@@ -40,4 +40,6 @@ def test_the_margin_separates_an_exact_fit_from_a_fit():
 def test_estimates_come_from_the_tracker_on_the_real_configs():
     peaks = estimate(Configs.from_folder(Path(__file__).parent / "data" / "configs"), size=512,
                      dtype=torch.float16, levels=("min",))
-    assert 0.1 * GiB < peaks["min"].warm <= peaks["min"].cold < 2.5 * GiB
+    cold, warm = peaks["min"].cold, peaks["min"].warm
+    assert 0.1 * GiB < cold < 2.5 * GiB
+    assert abs(warm - cold) < 0.01 * cold  # min peaks in the decode, when the zero embedding is long gone
