@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sections  # benchmarks/sections.py: the parts of the report other scripts write
 from common import HERE, MEASURES, OFFLOAD_MODES, PROMPT, ROOT, GiB  # noqa: F401
 from fixtures import checkpoint_dirs
 from report import Row, _fmt, machine, markdown, print_table, versions
@@ -310,7 +311,8 @@ def main(argv=None) -> int:
         {"args": {k: str(v) for k, v in vars(args).items()}, "machine": info, "versions": vers,
          "runs": bench.raw, "rows": [r.__dict__ for r in bench.rows]}, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(bench.rows, bench.notes, args, info, vers, bench.raw, seconds))
+    report = markdown(bench.rows, bench.notes, args, info, vers, bench.raw, seconds)
+    args.out.write_text(sections.keep(args.out.read_text() if args.out.exists() else "", report))  # others' parts
     _say(f"wrote {args.out} (raw figures and logs: {bench.runs})")
     return 0
 

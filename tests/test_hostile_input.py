@@ -4,7 +4,6 @@ input, or in a finished image; never a traceback, unbounded memory, or a batch l
 import time
 
 import pytest
-
 from test_cli import one_line_error, run
 
 TINY = ["--steps", 2, "--prior-steps", 2, "-W", 64, "-H", 64, "--device", "cpu"]

@@ -145,3 +145,17 @@ def test_best_of_keeps_the_candidate_closest_to_the_prompt(prior22, decoder22, t
                "-W", 64, "-H", 64, "--seed", 5, "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert '"best_of": 2' in Image.open(out).info["kandinsky"]
+
+
+def test_fit_with_fewer_pairs_than_dimensions_is_the_minimum_norm_map():
+    t, i, _, _ = synthetic(n=6, d_text=12)  # a singular gram without ridge
+    got = fit(t, i, ridge=0.0)
+    tc, ic = (x.double() - x.double().mean(0) for x in (t, i))  # centered: 6 rows of rank 5
+    np.testing.assert_allclose(got.weight.numpy(), (np.linalg.pinv(tc.numpy()) @ ic.numpy()).T, atol=1e-5)
+    torch.testing.assert_close(got(t), i, atol=1e-4, rtol=1e-4)  # it interpolates the pairs
+
+
+def test_fit_runs_on_a_gpu_like_device():
+    t, i, _, _ = synthetic(n=6, d_text=12)  # the meta device stands in for CUDA: no host tensor may meet it
+    got = fit(t.to("meta"), i.to("meta"), ridge=0.0)
+    assert got.weight.shape == (9, 12) and got.weight.device.type == "meta"

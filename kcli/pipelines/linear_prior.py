@@ -30,7 +30,8 @@ class LinearPrior:
         from safetensors.torch import save_file
 
         meta = {k: str(v) for k, v in info.items()}
-        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(path), metadata=meta)
+        tensors = {"weight": self.weight.cpu().contiguous(), "bias": self.bias.cpu().contiguous()}  # fitted on a GPU too
+        save_file(tensors, str(path), metadata=meta)
 
     @classmethod
     def load(cls, path: Path) -> LinearPrior:

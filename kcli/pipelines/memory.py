@@ -1,11 +1,13 @@
 """``--memory auto|high|balanced|low|min``: one knob that picks dtype, offload and tiling for the GPU at hand.
 
-| level    | dtype | offload    | MoVQ tiles | GPU memory it needs (2.2, 512 px) |
-|----------|-------|------------|------------|-----------------------------------|
-| high     | fp16  | none       | when large | ~8 GB (all models resident)       |
-| balanced | fp16  | model      | when large | ~3.5 GB (the largest model)       |
-| low      | fp16  | sequential | when large | ~1.5 GB                           |
-| min      | fp16  | sequential | always     | ~1 GB                             |
+| level    | dtype | offload    | MoVQ tiles | peak GPU memory (2.2, fp16, 512-1024 px; first run)  |
+|----------|-------|------------|------------|-------------------------------------------------------|
+| high     | fp16  | none       | when large | 9.2 GiB (every model + the CLIP image encoder)       |
+| balanced | fp16  | model      | when large | 3.5 GiB (the CLIP image encoder, then prior + text)  |
+| low      | fp16  | sequential | when large | 1.0 GiB at 512 px, 2.3 at 768 (the MoVQ decode)      |
+| min      | fp16  | sequential | always     | 0.3-0.5 GiB                                           |
+
+Figures from the device-memory tracker (memtrack/memsim; docs/benchmarks.md has the table by size and dtype).
 
 ``auto`` reads the free memory of the device and takes the highest level that fits. On the CPU there is
 no GPU memory to plan: weights stay where they are and the dtype defaults to fp32.
@@ -20,7 +22,8 @@ import torch
 from kcli.errors import KandinskyError
 
 LEVELS = ("auto", "high", "balanced", "low", "min")
-NEEDS_GB = {"high": 9.0, "balanced": 4.5, "low": 2.0}  # free memory to pick a level in auto (with margin)
+NEEDS_GB = {"high": 10.5, "balanced": 4.5, "low": 3.0}  # free GiB to pick a level in auto: the cold peak up to
+                                                       # 1024 px in fp16, plus 10% and 0.25 GiB (memplan.MARGIN)
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,11 @@ class PriorStage:
     def image_encoder(self) -> CLIPImage:
         """Loaded on first use: text-to-image needs it only once per checkpoint (see zero_embed)."""
         if self._image is None:
-            self._image = self.placement.attach_encoder(
-                CLIPImage.load(self.folder, dtype=self.dtype, device=self.placement.weights_device))
+            self._image = self.placement.attach_encoder(self._load_image_encoder())
         return self._image
+
+    def _load_image_encoder(self) -> CLIPImage:
+        return CLIPImage.load(self.folder, dtype=self.dtype, device=self.placement.weights_device)
 
     def zero_embed(self) -> torch.Tensor:
         """(1, D) CLIP embedding of the zero image, from the cache when this checkpoint made it before."""
@@ -51,14 +53,19 @@ class PriorStage:
         key = cache.fingerprint(enc / "config.json", find_weights(enc), extra=str(self.dtype))
         emb = cache.load_tensor("zero_embeds", key)
         if emb is None:
-            just_for_this = self._image is None
-            with torch.inference_mode(), self.placement.on(self.image_encoder.model):
-                emb = self.image_encoder.zero_embed()
+            emb = self.compute_zero_embed()
             cache.save_tensor("zero_embeds", key, emb)
-            if just_for_this:  # 1.8B parameters for 2.2: give the memory back (fuse and vary load it again)
-                self.placement.release(self._image.model)
-                self._image = None
         return emb.to(self.device, self.dtype)
+
+    def compute_zero_embed(self) -> torch.Tensor:
+        """The zero-image embedding from the image encoder (loaded for it, and let go after, if it was not)."""
+        just_for_this = self._image is None
+        with torch.inference_mode(), self.placement.on(self.image_encoder.model):
+            emb = self.image_encoder.zero_embed()
+        if just_for_this:  # 1.8B parameters for 2.2: give the memory back (fuse and vary load it again)
+            self.placement.release(self._image.model)
+            self._image = None
+        return emb
 
     def _encode(self, prompts: list[str], uncond: list[str], cfg: bool):
         embeds, hidden, mask = self.text(prompts)

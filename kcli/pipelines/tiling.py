@@ -5,7 +5,13 @@ are small) runs on the whole picture, so attention still sees everything. The hi
 which holds the memory, runs in tiles that overlap by ``overlap`` latent pixels, blended with linear
 ramps so no seam shows. The only difference from a whole decode is that each tile's group norms take
 their statistics from the tile. Encoding is tiled whole (encoder attention then sees the tile).
-Used automatically above ``AUTO_TILE_LATENT`` latent pixels per side (1024 px for the real models).
+Both are used automatically from ``AUTO_TILE_LATENT`` latent pixels per side on (1024 px for the real models).
+
+Tile sizes: the fine part's activations scale with the tile's area, so a tile must be well below the
+picture to save anything. 32 latent pixels (256 px) with an overlap of 8 take the fp32 decode's peak from
+4.0 GiB whole (1.3 in 64-pixel tiles) to 0.5 GiB at 1024 px, and from 1.0 to 0.3 GiB at 512 px, where a
+64-pixel tile covers the whole latent and saves nothing; the fine part's compute about doubles
+(figures from memtrack, as tests/test_memtrack.py measures them).
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ def tiled(fn, x: torch.Tensor, scale: float, tile: int, overlap: int) -> torch.T
     return out / weight
 
 
-def decode(movq, z: torch.Tensor, tile: int = 64, overlap: int = 16) -> torch.Tensor:
+def decode(movq, z: torch.Tensor, tile: int = 32, overlap: int = 8) -> torch.Tensor:
     """``movq.decode`` with its high-resolution part in tiles of ``tile`` latent pixels."""
     h = movq.decode_coarse(z)  # (B, C, r*h, r*w): whole
     r = h.shape[-1] // z.shape[-1]
