@@ -27,6 +27,7 @@ from PIL import Image
 from kcli.loading.errors import KandinskyError
 from kcli.pipelines.decoder import DecoderStage
 from kcli.pipelines.devices import resolve_device, resolve_dtype
+from kcli.pipelines.hint import hint_pixels
 from kcli.pipelines.images import SizePlan, center_crop, paste_original, plan_size, resize, rgb, to_pixels
 from kcli.pipelines.offload import Placement
 from kcli.pipelines.prior import PriorStage
@@ -150,9 +151,13 @@ class Kandinsky:
 
     # ---- modes: each yields one Result per image, as soon as it is done ----------------------------------
 
-    def generate(self, settings: Settings, on_progress: Progress | None = None) -> Iterator[Result]:
-        """Text to image. Off-grid sizes are generated one step larger and center-cropped back."""
+    def generate(self, settings: Settings, on_progress: Progress | None = None, *,
+                 hint: Image.Image | None = None) -> Iterator[Result]:
+        """Text to image. Off-grid sizes are generated one step larger and center-cropped back.
+
+        ``hint`` (a depth picture, see pipelines/hint.py) is for a depth ControlNet decoder, which needs one."""
         size = self._checked(settings)
+        hint_px = self._hint(hint, size)
 
         def make(s: Settings, g: torch.Generator, report: Progress):
             emb, neg = self.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
@@ -160,16 +165,19 @@ class Kandinsky:
                                         mode=s.prior_mode, linear=self._linear(s))
             latents = self.decoder.sample(emb, neg, s.prompt, width=size.gen_width, height=size.gen_height,
                                           steps=s.steps, guidance=s.guidance, generator=g, sampler=s.sampler,
-                                          on_step=lambda i, n: report("decoder", i, n))
+                                          on_step=lambda i, n: report("decoder", i, n), hint=hint_px)
             return latents, lambda px: center_crop(px, size.width, size.height)
 
         yield from self._run(settings, size, make, on_progress)
 
     def image_to_image(self, init: Image.Image, settings: Settings, strength: float = 0.3,
-                       on_progress: Progress | None = None) -> Iterator[Result]:
-        """Redraw ``init`` guided by the prompt; ``strength`` in (0, 1] is the share of the schedule re-run."""
+                       on_progress: Progress | None = None, *, hint: Image.Image | None = None) -> Iterator[Result]:
+        """Redraw ``init`` guided by the prompt; ``strength`` in (0, 1] is the share of the schedule re-run.
+
+        ``hint`` as in ``generate``."""
         check_strength(strength)
         size = self._checked(settings)
+        hint_px = self._hint(hint, size)
         pixels = to_pixels(resize(rgb(init), size.gen_width, size.gen_height))
 
         def make(s: Settings, g: torch.Generator, report: Progress):
@@ -178,7 +186,7 @@ class Kandinsky:
                                         mode=s.prior_mode, linear=self._linear(s))
             latents = self.decoder.refine(pixels, emb, neg, s.prompt, strength=strength, steps=s.steps,
                                           guidance=s.guidance, generator=g, sampler=s.sampler,
-                                          on_step=lambda i, n: report("decoder", i, n))
+                                          on_step=lambda i, n: report("decoder", i, n), hint=hint_px)
             return latents, lambda px: _resize_array(px, size.width, size.height)
 
         yield from self._run(settings, size, make, on_progress)
@@ -188,6 +196,7 @@ class Kandinsky:
         """Mix texts (str) and pictures (PIL images) with ``weights`` (used as given) and draw the mix."""
         if not items or len(items) != len(weights):
             raise KandinskyError(f"{len(weights)} weight(s) for {len(items)} item(s)")
+        self.decoder.check_hint(False)
         size = self._checked(settings)
         pictures = [rgb(i) if not isinstance(i, str) else i for i in items]
 
@@ -242,6 +251,11 @@ class Kandinsky:
 
             self._linear_priors[s.linear_prior] = LinearPrior.load(Path(s.linear_prior))
         return self._linear_priors[s.linear_prior]
+
+    def _hint(self, hint: Image.Image | None, size: SizePlan):
+        """The hint at the size generated, checked against the decoder before anything runs."""
+        self.decoder.check_hint(hint is not None)
+        return None if hint is None else hint_pixels(hint, size.gen_width, size.gen_height)
 
     def _checked(self, settings: Settings) -> SizePlan:
         settings.check()
