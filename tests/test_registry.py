@@ -33,13 +33,15 @@ def all_repos() -> dict[str, reg.RepoSpec]:
 
 def test_known_models_and_their_repositories():
     r = builtin()
-    assert r.default == "2.2" and list(r.models) == ["2.2", "2.1"]
-    ids = {name: (m.prior.id, m.decoder.id, m.inpaint.id) for name, m in r.models.items()}
+    assert r.default == "2.2" and list(r.models) == ["2.2", "2.1", "2.2-depth"]
+    ids = {name: (m.prior.id, m.decoder.id, m.inpaint and m.inpaint.id) for name, m in r.models.items()}
     org = "kandinsky-community/"
     assert ids == {
         "2.2": (org + "kandinsky-2-2-prior", org + "kandinsky-2-2-decoder", org + "kandinsky-2-2-decoder-inpaint"),
         "2.1": (org + "kandinsky-2-1-prior", org + "kandinsky-2-1", org + "kandinsky-2-1-inpaint"),
+        "2.2-depth": (org + "kandinsky-2-2-prior", org + "kandinsky-2-2-controlnet-depth", None),
     }
+    assert r.get("2.2-depth").repos() == (r.get("2.2").prior, r.get("2.2-depth").decoder)
 
 
 def test_hub_defaults_are_the_registry_default():
@@ -98,6 +100,17 @@ def test_known_download_sizes():
     r = builtin()
     assert human_size(r.get("2.2").prior.known_size) == "10.6 GB"  # the three weights files
     assert human_size(sum(x.known_size for x in r.get("2.2").repos(inpaint=False))) == "15.9 GB"
+    assert human_size(sum(x.known_size for x in r.get("2.2-depth").repos())) == "15.9 GB"
+    assert r.get("2.2-depth").decoder.known_size == 5_285_182_263  # every file's exact size is known
+    assert r.get("2.2-depth").decoder.sizes_complete
+
+
+def test_a_model_without_an_inpainting_decoder_says_so(monkeypatch):
+    from kcli.loading import hub
+    from kcli.loading.errors import KandinskyError
+
+    with pytest.raises(KandinskyError, match="model 2.2-depth has no inpainting decoder: use --model 2.2"):
+        hub.resolve_checkpoints("2.2-depth", inpainting=True, offline=True)
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -110,6 +123,8 @@ def test_known_download_sizes():
     (lambda d: d["repos"]["o/p"]["files"].append({"path": "../x"}), "bad or repeated"),
     (lambda d: d["repos"]["o/p"]["files"].append({"path": "model_index.json"}), "bad or repeated"),
     (lambda d: d["models"]["m"].update(inpaint="o/missing"), "no [repos] entry"),
+    (lambda d: d["models"]["m"].pop("decoder"), "model m has no decoder repository"),
+    (lambda d: d["models"]["m"].pop("inpaint") and d["models"]["m"].pop("prior"), "model m has no prior"),
     (lambda d: d.update(default="nope"), "default model"),
 ])
 def test_parser_refuses_what_a_typo_breaks(edit, message):

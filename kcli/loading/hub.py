@@ -99,6 +99,9 @@ def resolve_checkpoints(model: str | None = None, prior: str | None = None, deco
     if model is not None or prior is None or decoder is None:  # two local folders need no registry
         registry = load_registry()
         spec = registry.get(model or registry.default)
+        if inpainting and decoder is None and spec.inpaint is None:
+            raise KandinskyError(f"model {spec.name} has no inpainting decoder: use --model "
+                                 f"{next(n for n, m in registry.models.items() if m.inpaint)} or --decoder")
         prior = prior or spec.prior.id
         decoder = decoder or (spec.inpaint.id if inpainting else spec.decoder.id)
     prior_dir, decoder_dir = resolve_many([prior, decoder], offline=offline, progress=progress)

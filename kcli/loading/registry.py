@@ -19,7 +19,8 @@ ENV = "KANDINSKY_REGISTRY"
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-PARTS = ("prior", "decoder", "inpaint")
+PARTS = ("prior", "decoder", "inpaint")  # prior and decoder are required; a model may have no inpainting decoder
+OPTIONAL_PARTS = ("inpaint",)
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,12 @@ class ModelSpec:
     name: str
     description: str
     prior: RepoSpec
-    decoder: RepoSpec
-    inpaint: RepoSpec
+    decoder: RepoSpec  # text-to-image and image-to-image (for 2.2-depth: the ControlNet decoder)
+    inpaint: RepoSpec | None = None  # None: the model cannot inpaint
 
     def repos(self, inpaint: bool = True) -> tuple[RepoSpec, ...]:
-        return (self.prior, self.decoder, self.inpaint) if inpaint else (self.prior, self.decoder)
+        parts = (self.prior, self.decoder, self.inpaint) if inpaint else (self.prior, self.decoder)
+        return tuple(p for p in parts if p is not None)
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,10 @@ def parse(data: dict, source: Path = Path("<registry>")) -> Registry:
     for name, entry in data["models"].items():
         parts = {}
         for part in PARTS:
+            if part not in entry:
+                if part in OPTIONAL_PARTS:
+                    continue
+                raise ValueError(f"model {name} has no {part} repository")
             repo_id = entry[part]
             if repo_id not in repos:
                 raise ValueError(f"model {name}: {part} repository {repo_id} has no [repos] entry")
