@@ -41,7 +41,8 @@ def test_known_models_and_their_repositories():
         "2.1": (org + "kandinsky-2-1-prior", org + "kandinsky-2-1", org + "kandinsky-2-1-inpaint"),
         "2.2-depth": (org + "kandinsky-2-2-prior", org + "kandinsky-2-2-controlnet-depth", None),
     }
-    assert r.get("2.2-depth").repos() == (r.get("2.2").prior, r.get("2.2-depth").decoder)
+    assert r.get("2.2-depth").repos(inpaint=False) == (r.get("2.2").prior, r.get("2.2-depth").decoder)
+    assert r.get("2.2-depth").depth.id == "Intel/dpt-large" and r.get("2.2").depth is None
 
 
 def test_hub_defaults_are_the_registry_default():
@@ -88,6 +89,9 @@ def test_recorded_listing_is_self_consistent(repo_id):
 
 def test_weights_are_safetensors_and_every_component_has_them():
     for repo in all_repos().values():
+        if "config.json" in {f.path for f in repo.files}:  # a transformers model: one folder
+            assert any(f.path.endswith(".safetensors") and "/" not in f.path for f in repo.files), repo.id
+            continue
         folders = {f.path.split("/")[0] for f in repo.files if "/" in f.path}
         for folder in folders - {"tokenizer", "scheduler", "image_processor"}:
             names = {f.path for f in repo.files if f.path.startswith(folder + "/")}
@@ -100,7 +104,8 @@ def test_known_download_sizes():
     r = builtin()
     assert human_size(r.get("2.2").prior.known_size) == "10.6 GB"  # the three weights files
     assert human_size(sum(x.known_size for x in r.get("2.2").repos(inpaint=False))) == "15.9 GB"
-    assert human_size(sum(x.known_size for x in r.get("2.2-depth").repos())) == "15.9 GB"
+    assert human_size(sum(x.known_size for x in r.get("2.2-depth").repos(inpaint=False))) == "15.9 GB"
+    assert human_size(sum(x.known_size for x in r.get("2.2-depth").repos())) == "17.2 GB"  # with the depth model
     assert r.get("2.2-depth").decoder.known_size == 5_285_182_263  # every file's exact size is known
     assert r.get("2.2-depth").decoder.sizes_complete
 

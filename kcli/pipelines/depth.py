@@ -1,0 +1,92 @@
+"""Depth pictures from photos (``--depth-from``), for the depth ControlNet's hint.
+
+A depth model of ``transformers`` (DPT, Depth-Anything: anything ``AutoModelForDepthEstimation`` builds)
+predicts relative depth; it is resized to the photo's size (bicubic) and stretched to 0..255, near = white,
+as transformers' ``depth-estimation`` pipeline does, which is how the ControlNet's model card makes hints.
+
+The model is a folder or a hub id, fetched into kandinsky's cache like the checkpoints (safetensors only,
+verified, ``--offline`` reads the cache). The default, ``Intel/dpt-large``, is the one that pipeline uses
+when none is named; the registry pins it (model 2.2-depth, part ``depth``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kcli.loading.errors import CheckpointError
+
+DEFAULT_DEPTH_MODEL = "Intel/dpt-large"
+
+
+class DepthEstimator:
+    def __init__(self, model, processor, name: str, device: torch.device):
+        self.model, self.processor, self.name, self.device = model, processor, name, device
+
+    @classmethod
+    def load(cls, name: str | None = None, *, device: str | torch.device = "cpu", offline: bool = False,
+             progress=None) -> DepthEstimator:
+        """Fetch (unless ``offline``) and build the named depth model, in float32 (one forward pass a picture)."""
+        from kcli.loading.hub import resolve
+        from kcli.pipelines.devices import resolve_device
+
+        name = name or DEFAULT_DEPTH_MODEL
+        folder = resolve(name, offline=offline, progress=progress)
+        if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+            raise CheckpointError(f"depth model {name} ({folder}) needs config.json and safetensors weights "
+                                  "(kandinsky never loads pickled weights)")
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        with _quiet_transformers():
+            from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+            try:
+                # the PIL-backed processor: the same resizing whether or not torchvision is installed
+                processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+                model = AutoModelForDepthEstimation.from_pretrained(folder, use_safetensors=True,
+                                                                    local_files_only=True)
+            except (OSError, ValueError, KeyError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise CheckpointError(f"depth model {name} cannot be loaded: {first}") from None
+        return cls(model.eval().to(dev), processor, name, dev)
+
+    @torch.inference_mode()
+    def __call__(self, photo):
+        """A PIL photo -> its depth picture: grey (mode L), the photo's size, near = white."""
+        from PIL import Image
+
+        from kcli.pipelines.images import rgb
+
+        photo = rgb(photo)
+        inputs = self.processor(images=photo, return_tensors="pt")
+        depth = self.model(pixel_values=inputs["pixel_values"].to(self.device)).predicted_depth  # (1, h, w)
+        depth = torch.nn.functional.interpolate(depth[:, None].float(), size=(photo.height, photo.width),
+                                                mode="bicubic", align_corners=False)[0, 0].cpu().numpy()
+        span = float(depth.max() - depth.min())
+        scaled = (depth - depth.min()) / span if span > 0 else np.zeros_like(depth)
+        return Image.fromarray((scaled * 255).astype(np.uint8))
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No progress bars or load reports from transformers: kandinsky prints its own lines."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        logging.enable_progress_bar()
+
+
+def hint_path_beside(output: Path | None, photo: Path) -> Path:
+    """Where ``--save-hint`` writes: ``NAME-hint.png`` beside an output file, else ``PHOTO-depth.png`` in the
+    output folder (this folder by default)."""
+    if output is not None and output.suffix:
+        return output.with_name(output.stem + "-hint.png")
+    return (output or Path(".")) / f"{photo.stem}-depth.png"
