@@ -14,13 +14,6 @@ from kcli.pipelines.kandinsky import Kandinsky, LoadOptions, Settings
 PROMPT = "a corgi gliding on the wave"
 
 
-@pytest.fixture(scope="session")
-def controlnet22(ckpt_root):
-    import tiny
-
-    return tiny.make_controlnet_22(ckpt_root / "kandinsky-2-2-controlnet-depth")
-
-
 @pytest.fixture(scope="module")
 def depth(prior22, controlnet22):
     return Kandinsky.load(LoadOptions(prior22, controlnet22, device="cpu"))

@@ -338,3 +338,19 @@ def make_controlnet_22(folder: Path, seed: int = 0, embed_dim: int = 32, schedul
     )
     _model_index(folder, "KandinskyV22ControlnetPipeline", DECODER_22_PARTS)
     return folder
+
+
+def make_depth_model(folder: Path, seed: int = 0) -> Path:
+    """A random DPT depth estimator a few channels wide, saved by transformers like ``Intel/dpt-large``
+    (config.json, preprocessor_config.json, model.safetensors)."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    DPTForDepthEstimation(DPTConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=64,
+        patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 16, 32], fusion_hidden_size=16,
+        reassemble_factors=[4, 2, 1, 0.5],
+    )).save_pretrained(folder)
+    DPTImageProcessor(size={"height": 64, "width": 64}, keep_aspect_ratio=False).save_pretrained(folder)
+    return folder

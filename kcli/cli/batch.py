@@ -4,6 +4,7 @@ A line is either plain text (the prompt) or a JSON object with the prompt and pe
 
     a lighthouse at dusk
     {"prompt": "a red cat", "seed": 7, "steps": 50, "negative": "blurry", "width": 768}
+    {"prompt": "a robot", "hint": "depth/cat.png"}   (generate with the depth ControlNet: this job's hint)
 
 Blank lines and lines starting with ``#`` are skipped. A line that cannot be read becomes a failed job
 (reported at the end); the others still run.
@@ -20,7 +21,7 @@ from kcli.loading.errors import KandinskyError
 
 OVERRIDES = {"prompt": str, "negative": str, "seed": int, "width": int, "height": int, "steps": int,
              "prior_steps": int, "guidance": float, "prior_guidance": float, "num_images": int, "sampler": str,
-             "name": str}
+             "name": str, "hint": str}
 
 
 @dataclass

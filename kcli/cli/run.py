@@ -154,10 +154,16 @@ def done_before(folder: Path, mode: str, settings) -> list[Path]:
     return found
 
 
-def _plan_job(opts: GenOptions, job: batch.Job, mode: str, size, in_batch: bool):
+def _plan_job(opts: GenOptions, job: batch.Job, mode: str, size, in_batch: bool, hints: bool = False):
     """A job's settings and file names, before any model is loaded; None when --resume finds it done."""
     if job.error:
         raise KandinskyError(job.error)
+    if "hint" in job.overrides:
+        if not hints:
+            raise KandinskyError(f"line {job.line}: a hint is for generate (with or without --init), not {mode}")
+        from kcli.pipelines.hint import check_hint_file
+
+        check_hint_file(job.overrides["hint"])
     seed = job.overrides.get("seed", job_seed(opts, job, in_batch))
     settings = settings_for(opts, job.prompt, size, job.overrides, seed=seed)
     folder = out.folder_of(opts.output)
@@ -172,8 +178,11 @@ def _plan_job(opts: GenOptions, job: batch.Job, mode: str, size, in_batch: bool)
 
 def run(opts: GenOptions, *, mode: str, prompt: str | None, make: Callable[..., Iterator],
         size: tuple[int, int] | None = None, inpainting: bool = False, inputs: dict | None = None,
-        load=None) -> None:
-    """Run one command's jobs (one, or a prompts file's) and save every image; exit 1 if any job failed."""
+        load=None, hints: bool = False, hinted: bool = False) -> None:
+    """Run one command's jobs (one, or a prompts file's) and save every image; exit 1 if any job failed.
+
+    ``hints``: the mode takes a hint picture (a job's ``hint`` key, passed to ``make`` as ``hint=``);
+    ``hinted``: the command gave one for every job."""
     in_batch = opts.prompts_file is not None
     if in_batch:
         if prompt and mode not in ("fuse", "vary"):
@@ -189,7 +198,7 @@ def run(opts: GenOptions, *, mode: str, prompt: str | None, make: Callable[..., 
     todo = []
     for j, job in enumerate(jobs):
         try:
-            settings, paths, done = _plan_job(opts, job, mode, size, in_batch)
+            settings, paths, done = _plan_job(opts, job, mode, size, in_batch, hints)
         except KandinskyError as e:
             if not in_batch:
                 raise
@@ -206,7 +215,10 @@ def run(opts: GenOptions, *, mode: str, prompt: str | None, make: Callable[..., 
     # 2. load once, then each job; a failing job is reported and the others go on
     if todo:
         load, tile = load or load_options(opts, inpainting)
+        from kcli.pipelines.decoder import check_decoder_hint
         from kcli.pipelines.kandinsky import Kandinsky
+
+        check_decoder_hint(load.decoder, hinted or any("hint" in job.overrides for _, job, _, _ in todo))
 
         scorer = load_scorer(opts, load)
         with render.ProgressView(opts.quiet or opts.json) as view:
@@ -239,9 +251,14 @@ def run(opts: GenOptions, *, mode: str, prompt: str | None, make: Callable[..., 
 
 
 def _make_and_save(k, make, settings, names, view, mode, load, opts, inputs, job) -> list[Path]:
-    saved = []
+    saved, extra = [], {}
+    if "hint" in job.overrides:  # this job's own hint picture, recorded by name and sha256
+        from kcli.pipelines.hint import hint_input
+
+        extra["hint"], job_inputs = hint_input(job.overrides["hint"])
+        inputs = {**inputs, **job_inputs}
     view.image(1, settings.num_images)
-    for i, (result, path) in enumerate(zip(make(k, settings, view), names)):
+    for i, (result, path) in enumerate(zip(make(k, settings, view, **extra), names)):
         meta = _meta(mode, settings, result, load, k, opts, inputs)
         path = out.save_image(result.image, path, meta, overwrite=opts.overwrite)
         saved.append(path)

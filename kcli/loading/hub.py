@@ -17,6 +17,7 @@ from kcli.loading.registry import ModelSpec, RepoSpec, is_repo_id, load_registry
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
 DEFAULT_DECODER = "kandinsky-community/kandinsky-2-2-decoder"
 DEFAULT_INPAINT_DECODER = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
+DEPTH_MODEL = "2.2-depth"  # the registry model a hint picture selects when no model or decoder is named
 
 
 def pull_hint(name: str) -> str:

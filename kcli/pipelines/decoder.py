@@ -45,6 +45,24 @@ def decoder_grid_step(folder: Path) -> int:
     return grid_step(len(movq.get("block_out_channels", [0])), len(unet.get("block_out_channels", [0])))
 
 
+def decoder_takes_hint(folder: Path) -> bool:
+    """Whether a decoder checkpoint is a depth ControlNet, from its UNet config alone (no weights are read)."""
+    return read_json(Path(folder) / "unet" / "config.json").get("addition_embed_type") == "image_hint"
+
+
+def check_decoder_hint(folder: Path, hinted: bool) -> None:
+    """Before loading: a hint needs a ControlNet decoder, and a ControlNet decoder needs a hint."""
+    check_hint_fits(decoder_takes_hint(folder), hinted)
+
+
+def check_hint_fits(takes: bool, hinted: bool) -> None:
+    if takes and not hinted:
+        raise KandinskyError("this decoder is a depth ControlNet: it needs a hint picture (--hint DEPTH.png or "
+                             "--depth-from PHOTO)")
+    if hinted and not takes:
+        raise KandinskyError("a hint needs a depth ControlNet decoder (model 2.2-depth); this decoder takes none")
+
+
 class DecoderStage:
     def __init__(self, unet: UNet, movq: MoVQ, scheduler_config: dict, text: MCLIPText | None = None,
                  placement: Placement | None = None):
@@ -108,10 +126,7 @@ class DecoderStage:
 
     def check_hint(self, given: bool) -> None:
         """A hint goes with a ControlNet decoder, and a ControlNet decoder with a hint."""
-        if self.takes_hint and not given:
-            raise KandinskyError("this decoder is a depth ControlNet: it needs a hint picture (--hint or --depth-from)")
-        if given and not self.takes_hint:
-            raise KandinskyError("a hint needs a depth ControlNet decoder (model 2.2-depth); this decoder takes none")
+        check_hint_fits(self.takes_hint, given)
 
     def _hint(self, hint: torch.Tensor | None, rows: int, guidance: float, width: int, height: int) -> dict:
         """The hint as the UNet takes it: (1, 3, H, W) in [0, 1] -> one row per UNet row, [uncond; cond]."""

@@ -90,3 +90,26 @@ def hint_path_beside(output: Path | None, photo: Path) -> Path:
     if output is not None and output.suffix:
         return output.with_name(output.stem + "-hint.png")
     return (output or Path(".")) / f"{photo.stem}-depth.png"
+
+
+def depth_hint(photo_path, model: str | None = None, *, device: str = "auto", offline: bool = False, progress=None,
+               save_to: Path | None = None, overwrite: bool = False) -> tuple:
+    """(depth picture, what the metadata records) for ``--depth-from PHOTO``; ``save_to`` also writes the
+    picture there (``--save-hint``), so ``--hint`` can reuse it."""
+    from kcli.loading.errors import KandinskyError
+    from kcli.pipelines.hint import file_sha256
+    from kcli.pipelines.images import load_image
+
+    photo = load_image(photo_path, "--depth-from photo")
+    if save_to is not None and save_to.exists() and not overwrite:
+        raise KandinskyError(f"{save_to} exists (--overwrite replaces it)")
+    estimator = DepthEstimator.load(model, device=device, offline=offline, progress=progress)
+    depth = estimator(photo)
+    inputs = {"depth_from": str(Path(photo_path).resolve()), "depth_from_sha256": file_sha256(photo_path),
+              "depth_model": estimator.name}
+    del estimator
+    if save_to is not None:
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        depth.save(save_to)
+        inputs.update(hint=str(save_to.resolve()), hint_sha256=file_sha256(save_to))
+    return depth, inputs

@@ -54,3 +54,19 @@ def hint_pixels(image, width: int, height: int) -> torch.Tensor:
         return x[None, None].expand(1, 3, -1, -1).contiguous()
     pixels = resize(rgb(image), width, height)
     return torch.from_numpy(np.asarray(pixels, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
+
+
+def hint_input(path, expected_sha256: str | None = None) -> tuple:
+    """(picture, what the metadata records) for a hint file; ``expected_sha256`` (``--from``) must match."""
+    image, source = load_hint(path)
+    if expected_sha256 and source.sha256 != expected_sha256:
+        from kcli.loading.errors import KandinskyError
+
+        raise KandinskyError(f"hint {path} has changed since the image was made (sha256 {source.sha256[:12]}..., "
+                             f"recorded {expected_sha256[:12]}...)")
+    return image, {"hint": str(Path(path).resolve()), "hint_sha256": source.sha256}
+
+
+def check_hint_file(path) -> None:
+    """A hint that is not a picture fails here, before any model loads."""
+    load_image(path, "hint", header_only=True)
