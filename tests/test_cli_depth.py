@@ -178,3 +178,26 @@ def test_depth_model_not_cached_offline_is_one_line(pictures, controlnet22, prio
     proc = kandinsky("generate", PROMPT, "--depth-from", pictures["square"], "--depth-model", "someone/other-dpt",
                      "--offline", "--prior", prior22, "--decoder", controlnet22, *STEPS, env=hub.env)
     assert "someone/other-dpt is not in the cache" in one_line_error(proc)
+
+
+def test_a_hint_picks_model_2_2_depth_and_its_depth_model_pulled_ahead(prior22, controlnet22, depth_model, pictures,
+                                                                      hub, tmp_path):
+    """No --model/--decoder: --depth-from selects the registry's 2.2-depth and its depth part, from the cache."""
+    served = {"prior": hub.add("tiny/prior", prior22), "decoder": hub.add("tiny/controlnet", controlnet22),
+              "depth": hub.repos["someone/tiny-dpt"]}
+    registry = tmp_path / "registry.toml"
+    registry.write_text(hubserver.registry_toml({"2.2-depth": served}))
+    env = {**hub.env, "KANDINSKY_REGISTRY": str(registry)}
+    proc = kandinsky("models", "pull", "2.2-depth", env=env)
+    assert proc.returncode == 0, proc.stderr
+    hub.stop()
+    out = tmp_path / "out.png"
+    proc = kandinsky("generate", PROMPT, "--depth-from", pictures["square"], "--offline", "--seed", 1, "-W", 64,
+                     "-H", 64, *STEPS, "-o", out, env=env)
+    assert proc.returncode == 0, proc.stderr
+    from kcli.cli import metadata
+
+    meta = metadata.read(out)
+    assert meta["model"] == "2.2-depth" and meta["inputs"]["depth_model"] == "someone/tiny-dpt"
+    line = one_line_error(kandinsky("generate", PROMPT, "--model", "2.2-depth", "--offline", *STEPS, env=env))
+    assert "it needs a hint picture" in line

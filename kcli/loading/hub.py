@@ -20,6 +20,14 @@ DEFAULT_INPAINT_DECODER = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
 DEPTH_MODEL = "2.2-depth"  # the registry model a hint picture selects when no model or decoder is named
 
 
+def depth_model_of(model: str | None) -> str:
+    """The depth model ``--depth-from`` uses unless ``--depth-model`` names one: the registry model's ``depth``
+    part (``model``, else 2.2-depth), else transformers' own default."""
+    registry = load_registry()
+    spec = registry.models.get(model or DEPTH_MODEL)
+    return spec.depth.id if spec is not None and spec.depth is not None else "Intel/dpt-large"
+
+
 def pull_hint(name: str) -> str:
     return f"run `kandinsky models pull {name}`"
 

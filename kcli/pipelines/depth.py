@@ -5,8 +5,8 @@ predicts relative depth; it is resized to the photo's size (bicubic) and stretch
 as transformers' ``depth-estimation`` pipeline does, which is how the ControlNet's model card makes hints.
 
 The model is a folder or a hub id, fetched into kandinsky's cache like the checkpoints (safetensors only,
-verified, ``--offline`` reads the cache). The default, ``Intel/dpt-large``, is the one that pipeline uses
-when none is named; the registry pins it (model 2.2-depth, part ``depth``).
+verified, ``--offline`` reads the cache). The CLI's default is the registry model's ``depth`` part
+(``Intel/dpt-large`` for 2.2-depth, pinned: the model that pipeline uses when none is named).
 """
 
 from __future__ import annotations
