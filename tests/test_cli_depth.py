@@ -191,6 +191,8 @@ def test_a_hint_picks_model_2_2_depth_and_its_depth_model_pulled_ahead(prior22, 
     proc = kandinsky("models", "pull", "2.2-depth", env=env)
     assert proc.returncode == 0, proc.stderr
     hub.stop()
+    paths = kandinsky("models", "path", "2.2-depth", env=env)
+    assert [line.split("\t")[0] for line in paths.stdout.splitlines()] == ["prior", "decoder", "depth"], paths.stderr
     out = tmp_path / "out.png"
     proc = kandinsky("generate", PROMPT, "--depth-from", pictures["square"], "--offline", "--seed", 1, "-W", 64,
                      "-H", 64, *STEPS, "-o", out, env=env)
