@@ -44,8 +44,8 @@ def reference(prior_pipe, controlnet22, s: Settings, hint: torch.Tensor, init=No
     g = torch.Generator("cpu").manual_seed(s.seed)
     emb, neg = prior_pipe(s.prompt, negative_prompt=s.negative, num_inference_steps=s.prior_steps, generator=g,
                           guidance_scale=s.prior_guidance, output_type="pt", return_dict=False)
-    args = dict(image_embeds=emb, negative_image_embeds=neg, hint=hint, width=s.width, height=s.height,
-                num_inference_steps=s.steps, guidance_scale=s.guidance, generator=g, output_type="np")
+    args = {"image_embeds": emb, "negative_image_embeds": neg, "hint": hint, "width": s.width, "height": s.height,
+            "num_inference_steps": s.steps, "guidance_scale": s.guidance, "generator": g, "output_type": "np"}
     if init is not None:
         # diffusers >= 0.34 passes (width, height) where preprocess takes (height, width) (reference notes, §5.3):
         # undo the swap, or a non-square picture comes out transposed

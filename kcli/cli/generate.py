@@ -51,7 +51,7 @@ def generate(
         rich_help_panel=SAMPLING)] = None,
     depth_model: Annotated[Optional[str], typer.Option(
         "--depth-model", help="The transformers depth model (DPT, Depth-Anything) of --depth-from: a hub id or a "
-                              "folder. [default: Intel/dpt-large]", rich_help_panel=SAMPLING)] = None,
+                              "folder (default: the model's, Intel/dpt-large).", rich_help_panel=SAMPLING)] = None,
     save_hint: Annotated[bool, typer.Option(
         "--save-hint", help="With --depth-from: also write the depth picture beside the output.",
         rich_help_panel=SAMPLING)] = False,
@@ -82,7 +82,7 @@ def generate(
             from kcli.loading.hub import DEPTH_MODEL
 
             opts = replace(opts, model=DEPTH_MODEL)  # a hint picks the depth ControlNet
-        hinted = dict(hints=True, hinted=hint_image is not None)
+        hinted = {"hints": True, "hinted": hint_image is not None}
         if init is None:
             run(opts, mode="generate", prompt=prompt, inputs=hint_inputs, **hinted,
                 make=lambda k, s, p, hint=hint_image: k.generate(s, on_progress=p, hint=hint))

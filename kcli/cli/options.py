@@ -86,7 +86,8 @@ FLAGS = {
                        "--linear-prior) or none (the CLIP text embedding as is: the paper's baseline)."),
     "linear_prior": _opt("--linear-prior", panel=SAMPLING, help="A file made by `kandinsky prior fit`."),
     "preset": _opt("--preset", panel=SAMPLING, help="Settings by name: default, fast, quality, lowvram (presets/)."),
-    "model": _opt("--model", panel=MODEL, help="Model by name: 2.2 (default) or 2.1; see `kandinsky models list`. "
+    "model": _opt("--model", panel=MODEL, help="Model by name: 2.2 (default), 2.1 or 2.2-depth; see "
+                  "`kandinsky models list`. "
                   "--prior/--decoder replace its parts."),
     "prior": _opt("--prior", panel=MODEL, help="Prior checkpoint: a folder (diffusers layout) or a hub id."),
     "decoder": _opt("--decoder", panel=MODEL, help="Decoder checkpoint: a folder (diffusers layout) or a hub id."),

@@ -92,7 +92,8 @@ class UNetConfig:
                 raise CheckpointError(f"unsupported UNet: {key} is {d[key]!r}, kandinsky supports {value!r}")
         add = d.get("addition_embed_type")
         if add not in CONDITIONING:
-            raise CheckpointError(f"unsupported UNet: addition_embed_type {add!r} (supported: {', '.join(CONDITIONING)})")
+            raise CheckpointError(f"unsupported UNet: addition_embed_type {add!r} "
+                                  f"(supported: {', '.join(CONDITIONING)})")
         if d.get("encoder_hid_dim_type") != CONDITIONING[add]:
             raise CheckpointError(f"unsupported UNet: encoder_hid_dim_type {d.get('encoder_hid_dim_type')!r} with {add!r}")
         if add == "image_hint" and d["in_channels"] <= FEATURES:

@@ -15,9 +15,9 @@ import torch
 
 from kcli.loading.errors import CheckpointError, KandinskyError
 from kcli.loading.weights import read_json
+from kcli.models.hint import DOWNSCALE
 from kcli.models.mclip import MCLIPText
 from kcli.models.movq import MoVQ, load_movq
-from kcli.models.hint import DOWNSCALE
 from kcli.models.unet import UNet, load_unet
 from kcli.pipelines import tiling
 from kcli.pipelines.images import keep_latent_mask, to_uint8
