@@ -88,6 +88,24 @@ def test_the_hint_changes_the_picture(depth):
     assert np.abs(np.asarray(a.image).astype(int) - np.asarray(b.image)).mean() > 2
 
 
+def test_off_grid_hint_lines_up_with_the_center_crop(depth, monkeypatch):
+    """100x64 is made at 128x64 and center-cropped: the hint is resized to 100x64, its edges extended."""
+    seen, sample = {}, depth.decoder.sample
+
+    def spy(*args, **kwargs):
+        seen["hint"] = kwargs["hint"]
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(depth.decoder, "sample", spy)
+    hint = depth_map(100, 64, 5)
+    (r,) = depth.generate(Settings(PROMPT, seed=0, width=100, height=64, steps=1, prior_steps=2), hint=hint)
+    assert r.image.size == (100, 64)
+    got = seen["hint"]
+    assert got.shape == (1, 3, 64, 128)
+    assert torch.equal(got[..., 14:114], hint_pixels(hint, 100, 64))
+    assert torch.equal(got[..., :14], got[..., 14:15].expand(-1, -1, -1, 14))
+
+
 def test_hint_pictures_grey_rgb_16_bit_and_resized():
     grey = depth_map(64, 32)
     x = hint_pixels(grey, 64, 32)

@@ -177,7 +177,7 @@ class Kandinsky:
         ``hint`` as in ``generate``."""
         check_strength(strength)
         size = self._checked(settings)
-        hint_px = self._hint(hint, size)
+        hint_px = self._hint(hint, size, stretch=True)  # like the picture: stretched to the grid and back
         pixels = to_pixels(resize(rgb(init), size.gen_width, size.gen_height))
 
         def make(s: Settings, g: torch.Generator, report: Progress):
@@ -252,10 +252,19 @@ class Kandinsky:
             self._linear_priors[s.linear_prior] = LinearPrior.load(Path(s.linear_prior))
         return self._linear_priors[s.linear_prior]
 
-    def _hint(self, hint: Image.Image | None, size: SizePlan):
-        """The hint at the size generated, checked against the decoder before anything runs."""
+    def _hint(self, hint: Image.Image | None, size: SizePlan, stretch: bool = False):
+        """The hint at the size generated, checked against the decoder before anything runs.
+
+        Off the grid, text-to-image crops the center of a larger picture: the hint is resized to the size
+        asked for and its edges extended over the margin, so it lines up with what is kept."""
         self.decoder.check_hint(hint is not None)
-        return None if hint is None else hint_pixels(hint, size.gen_width, size.gen_height)
+        if hint is None:
+            return None
+        if stretch or not size.cropped:
+            return hint_pixels(hint, size.gen_width, size.gen_height)
+        top, left = (size.gen_height - size.height) // 2, (size.gen_width - size.width) // 2
+        pad = (left, size.gen_width - size.width - left, top, size.gen_height - size.height - top)
+        return torch.nn.functional.pad(hint_pixels(hint, size.width, size.height), pad, mode="replicate")
 
     def _checked(self, settings: Settings) -> SizePlan:
         settings.check()
