@@ -119,6 +119,7 @@ def _hint(opts: GenOptions, hint: Path | None, depth_from: Path | None, depth_mo
     from kcli.pipelines.depth import depth_hint, hint_path_beside
 
     with render.DownloadView(opts.quiet) as progress:
-        return depth_hint(depth_from, depth_model or depth_model_of(opts.model), device=opts.device, offline=opts.offline, progress=progress,
+        return depth_hint(depth_from, depth_model or depth_model_of(opts.model), device=opts.device,
+                          offline=opts.offline, progress=progress,
                           save_to=hint_path_beside(opts.output, depth_from) if save else None,
                           overwrite=opts.overwrite)

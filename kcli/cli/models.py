@@ -18,8 +18,10 @@ models_app = typer.Typer(name="models", help="List, download, check and remove c
                          no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(models_app, name="models")
 
-Name = Annotated[str, typer.Argument(help="A model (2.2, 2.1) or a hub repository id (org/name).",
+Name = Annotated[str, typer.Argument(help="A model (2.2, 2.1, 2.2-depth) or a hub repository id (org/name).",
                                      show_default=False)]
+
+
 def _parts(model, repos) -> list[tuple[str, object]]:
     """(role, repository) pairs: prior / decoder / inpaint / depth for a model, the id itself for a repository."""
     from kcli.loading.registry import PARTS
