@@ -131,3 +131,17 @@ def test_a_controlnet_decoder_needs_a_hint_and_others_take_none(depth, prior22, 
     plain = Kandinsky.open(prior=str(prior22), decoder=str(decoder22), device="cpu")
     with pytest.raises(KandinskyError, match="a hint needs a depth ControlNet decoder"):
         list(plain.run(dataclasses.replace(s, hint=depth_map(64, 64))))
+
+
+def test_open_checks_the_decoder_against_the_hints_before_loading(prior22, decoder22, controlnet22, monkeypatch):
+    """``hinted=``: a hint needs a ControlNet decoder and a ControlNet decoder a hint, said before any weights load."""
+    from kcli.pipelines import kandinsky
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded weights before checking")
+
+    monkeypatch.setattr(kandinsky.PriorStage, "load", no_loading)
+    with pytest.raises(KandinskyError, match="a hint needs a depth ControlNet decoder"):
+        Kandinsky.open(prior=str(prior22), decoder=str(decoder22), device="cpu", hinted=True)
+    with pytest.raises(KandinskyError, match="it needs a hint picture"):
+        Kandinsky.open(prior=str(prior22), decoder=str(controlnet22), device="cpu", hinted=False)
