@@ -103,3 +103,17 @@ def inpaint21(ckpt_root) -> Path:
     import tiny
 
     return tiny.make_decoder_21(ckpt_root / "kandinsky-2-1-inpaint", in_channels=9)
+
+
+@pytest.fixture(scope="session")
+def controlnet22(ckpt_root) -> Path:
+    import tiny
+
+    return tiny.make_controlnet_22(ckpt_root / "kandinsky-2-2-controlnet-depth")
+
+
+@pytest.fixture(scope="session")
+def depth_model(ckpt_root) -> Path:
+    import tiny
+
+    return tiny.make_depth_model(ckpt_root / "tiny-dpt")

@@ -64,6 +64,10 @@ FILES = {
     (ORG + "kandinsky-2-2-decoder-inpaint", "unet/diffusion_pytorch_model.safetensors"): Spec(
         "unet", "kandinsky-2-2-decoder-inpaint.unet.json"),
     (ORG + "kandinsky-2-2-decoder-inpaint", "movq/diffusion_pytorch_model.safetensors"): Spec("movq", "movq.json"),
+    # the depth ControlNet's sizes come from a third-party manifest (no hub page seen): the proof confirms them
+    (ORG + "kandinsky-2-2-controlnet-depth", "unet/diffusion_pytorch_model.safetensors"): Spec(
+        "unet", "kandinsky-2-2-controlnet-depth.unet.json"),
+    (ORG + "kandinsky-2-2-controlnet-depth", "movq/diffusion_pytorch_model.safetensors"): Spec("movq", "movq.json"),
     # the 2.1 prior's files were converted with the 2.1 decoders' (same day, same bot): writer and leftovers
     # are assumed alike until their sizes are known
     (ORG + "kandinsky-2-1-prior", "prior/diffusion_pytorch_model.safetensors"): Spec(
@@ -86,9 +90,10 @@ FILES = {
 
 
 def registry_sizes() -> dict[tuple[str, str], int | None]:
-    """(repo, path) -> size for every weights file of every registered model."""
+    """(repo, path) -> size for every weights file of every registered model that kandinsky builds (a model's
+    ``depth`` part is a transformers model: transformers builds it)."""
     r = reg.load_registry(ROOT / "weights" / "registry.toml")
-    repos = {repo.id: repo for m in r.models.values() for repo in m.repos()}
+    repos = {repo.id: repo for m in r.models.values() for repo in m.repos() if repo is not m.depth}
     return {(rid, f.path): f.size for rid, repo in repos.items() for f in repo.files
             if f.path.endswith(".safetensors")}
 

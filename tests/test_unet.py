@@ -17,6 +17,7 @@ REAL = {
     "kandinsky-2-2-decoder-inpaint.unet.json": 1_253_074_568,
     "kandinsky-2-1.unet.json": 1_228_661_768,
     "kandinsky-2-1-inpaint.unet.json": 1_228_679_048,
+    "kandinsky-2-2-controlnet-depth.unet.json": 1_253_429_212,  # the decoder's, 4 more input channels, the hint encoder
 }
 
 
@@ -70,6 +71,40 @@ def test_text_image_conditioning_equals_diffusers():
         want = ref(x, torch.tensor(400), encoder_hidden_states=hid,
                    added_cond_kwargs={"image_embeds": img, "text_embeds": txt}).sample
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_real_controlnet_has_the_hint_encoder_on_the_meta_device():
+    config = json.loads((CONFIGS / "kandinsky-2-2-controlnet-depth.unet.json").read_text())
+    with torch.device("meta"):
+        unet = UNet(UNetConfig.from_dict(config))
+    hint = sum(p.numel() for p in unet.add_embedding.input_hint_block.parameters())
+    assert unet.config.takes_hint and unet.config.version == "2.2" and unet.config.image_embed_dim == 1280
+    assert hint == 358_100 and unet.conv_in.in_channels == 8  # 1_253_057_288 + 358_100 + 4 * 384 * 9 = the total
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 8, 8), (1, 4, 8, 16)])
+def test_controlnet_forward_equals_diffusers(shape):
+    """The hint (3 channels at 8x the latent size) is encoded and joins the latents, as diffusers does."""
+    import tiny
+
+    ref = tiny.tiny_controlnet_unet_22().eval()
+    with torch.device("meta"):
+        ours = UNet(UNetConfig.from_dict(dict(ref.config)))
+    ours.load_state_dict(ref.state_dict(), assign=True)
+    g = torch.Generator().manual_seed(sum(shape))
+    x, emb = torch.randn(shape, generator=g), torch.randn(shape[0], 32, generator=g)
+    hint = torch.rand(shape[0], 3, shape[2] * 8, shape[3] * 8, generator=g)
+    for t in (999, 500, 1):
+        with torch.no_grad():
+            got = ours(x, torch.tensor(t), emb, hint=hint)
+            want = ref(x, torch.tensor(t), encoder_hidden_states=None,
+                       added_cond_kwargs={"image_embeds": emb, "hint": hint}).sample
+        assert got.shape == (shape[0], 8, *shape[2:])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # the hint matters
+        assert not torch.allclose(ours(x, torch.tensor(500), emb, hint=1 - hint), got)
+    with pytest.raises(ValueError, match="needs a hint"):
+        ours(x, torch.tensor(1), emb)
 
 
 def test_unsupported_config_is_a_checkpoint_error():

@@ -362,3 +362,54 @@ def make_open_clip(folder: Path, seed: int = 0, pickle_too: bool = False) -> Pat
     if pickle_too:
         torch.save(state, folder / "open_clip_pytorch_model.bin")
     return folder
+
+
+# ---- Kandinsky 2.2 depth ControlNet ---------------------------------------------------------------------
+
+def tiny_controlnet_unet_22(embed_dim: int = 32, seed: int = 0):
+    """The 2.2 decoder UNet with the hint encoder (``addition_embed_type "image_hint"``, 4 + 4 input channels)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        in_channels=8, out_channels=8, addition_embed_type="image_hint",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(32, 64), layers_per_block=1,
+        encoder_hid_dim=embed_dim, encoder_hid_dim_type="image_proj", cross_attention_dim=32,
+        attention_head_dim=4, resnet_time_scale_shift="scale_shift", class_embed_type=None, norm_num_groups=8,
+    )
+    with torch.no_grad():  # at the default init eight convolutions shrink the hint to ~1e-2: nothing a test could
+        for layer in unet.add_embedding.input_hint_block:  # see. Three times the weights make features of std ~2
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.weight.mul_(3.0)
+    return unet
+
+
+def make_controlnet_22(folder: Path, seed: int = 0, embed_dim: int = 32, scheduler: dict | None = None) -> Path:
+    """A tiny ``kandinsky-2-2-controlnet-depth``: hint UNet, MoVQ (latents 1/8, as the hint encoder needs), DDPM."""
+    folder = Path(folder)
+    tiny_controlnet_unet_22(embed_dim, seed).save_pretrained(folder / "unet")
+    tiny_movq(seed + 1).save_pretrained(folder / "movq")
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps(scheduler or ddpm_scheduler_config(), indent=2)
+    )
+    _model_index(folder, "KandinskyV22ControlnetPipeline", DECODER_22_PARTS)
+    return folder
+
+
+def make_depth_model(folder: Path, seed: int = 0) -> Path:
+    """A random DPT depth estimator a few channels wide, saved by transformers like ``Intel/dpt-large``
+    (config.json, preprocessor_config.json, model.safetensors)."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    DPTForDepthEstimation(DPTConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=64,
+        patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 16, 32], fusion_hidden_size=16,
+        reassemble_factors=[4, 2, 1, 0.5],
+    )).save_pretrained(folder)
+    DPTImageProcessor(size={"height": 64, "width": 64}, keep_aspect_ratio=False).save_pretrained(folder)
+    return folder

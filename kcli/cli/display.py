@@ -122,6 +122,12 @@ class Display(DownloadView):
             self._bars_.start()
         return self._bars_
 
+    def _bars(self) -> Progress:
+        if self._bars_ is not None:  # a download once the work began (a depth model): the stages' bars stay
+            self._bars_.stop()
+            self._bars_, self._stages = None, {}
+        return super()._bars()
+
     # ---- events from kcli.pipelines ------------------------------------------------------------------------
 
     def note(self, message: str) -> None:

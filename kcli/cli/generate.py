@@ -1,4 +1,5 @@
-"""``kandinsky generate``: text to image, image to image with ``--init``, and replay with ``--from``."""
+"""``kandinsky generate``: text to image, image to image with ``--init``, a depth ControlNet's hint with ``--hint``
+or ``--depth-from``, and replay with ``--from``."""
 
 # no `from __future__ import annotations`: the settings dataclass below is read for its real field types
 from dataclasses import dataclass
@@ -28,12 +29,28 @@ def recorded(meta: dict) -> dict:
             values["model"] = meta["model"]
         if meta.get("dtype"):
             values["dtype"] = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(meta["dtype"])
+    if values.get("depth_from"):  # estimated again from the photo (the saved hint is its copy)
+        values.pop("hint", None)
+        values.pop("hint_sha256", None)
     values["num_images"] = 1
     return values
 
 
+HINTS = ("hint", "hint_sha256", "depth_from", "depth_from_sha256", "depth_model")
+
+
+def hint_file(output: Path | None, photo: Path, overwrite: bool) -> Path:
+    """Where ``--save-hint`` writes: ``NAME-hint.png`` beside an output file, else ``PHOTO-depth.png`` in the
+    output folder (this folder by default)."""
+    path = output.with_name(output.stem + "-hint.png") if output is not None and output.suffix else \
+        (output or Path(".")) / f"{photo.stem}-depth.png"
+    if path.exists() and not overwrite:
+        raise KandinskyError(f"{path} exists (--overwrite replaces it)")
+    return path
+
+
 @generating("generate", TextToImage, ImageToImage, Replay, size="512, or --init's",
-            doc="Make images from a text prompt (and a starting picture with --init).")
+            doc="Make images from a text prompt (and a starting picture with --init, a depth picture with --hint).")
 def generate(values: Values) -> None:
     from kcli.cli import metadata
     from kcli.cli.run import pick, run
@@ -43,6 +60,8 @@ def generate(values: Values) -> None:
         meta = metadata.read(values["from_image"])
         replayed = recorded(meta)
         prompt = prompt if prompt is not None else meta.get("settings", {}).get("prompt", "")
+        if {"hint", "depth_from"} & values.given:  # a hint given replaces the recorded one
+            replayed = {k: v for k, v in replayed.items() if k not in HINTS}
     init = values["init"] if "init" in values.given or not replayed else replayed.get("init")
     if init is None and "strength" in values.given:
         raise KandinskyError("--strength needs --init: it says how much of the starting picture to change")
@@ -51,6 +70,12 @@ def generate(values: Values) -> None:
         replayed = {**(replayed or {}), "init": init}
 
     def build(text: str, settings: dict):
-        return pick(kind, {**settings, "prompt": text})
+        extra = {}
+        for name in ("hint", "depth_from"):  # a recorded hash (no flag sets one) checks the very file replayed
+            if settings.get(name) is not None and str(settings[name]) == str((replayed or {}).get(name)):
+                extra[f"{name}_sha256"] = replayed.get(f"{name}_sha256")
+        if settings.get("save_hint") and settings.get("depth_from"):
+            extra["hint_file"] = hint_file(settings["output"], Path(settings["depth_from"]), settings["overwrite"])
+        return pick(kind, {**settings, "prompt": text}, **extra)
 
     run(values, (kind,), build, recorded=replayed, prompt=prompt)

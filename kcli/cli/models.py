@@ -21,14 +21,15 @@ models_app = typer.Typer(name="models", help="List, download, check and remove c
                          no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(models_app, name="models")
 
-Name = Annotated[str, typer.Argument(help="A model (2.2, 2.1) or a hub repository id (org/name).",
+Name = Annotated[str, typer.Argument(help="A model (2.2, 2.1, 2.2-depth) or a hub repository id (org/name).",
                                      show_default=False)]
-PARTS = ("prior", "decoder", "inpaint")
 
 
 def _parts(model, repos) -> list[tuple[str, object]]:
-    """(role, repository) pairs: prior / decoder / inpaint for a model, the id itself for a repository."""
-    return list(zip(PARTS, repos)) if model is not None else [("repository", r) for r in repos]
+    """(role, repository) pairs: prior / decoder / inpaint / depth for a model, the id itself for a repository."""
+    if model is None:
+        return [("repository", r) for r in repos]
+    return [(part, getattr(model, part)) for part in store.PARTS if getattr(model, part) in repos]
 
 
 def _state(repo) -> tuple[str, int]:
@@ -67,8 +68,10 @@ def list_models() -> None:
             used = sum(u for _, u in states)
             cached = ("yes" if all(s == "yes" for s, _ in states[:2]) else
                       "partial" if used else "no")
-            if cached == "yes" and states[2][0] != "yes":
-                cached = "yes (no inpaint)"
+            roles = [role for role, _ in _parts(model, model.repos())]
+            missing = [role for role, (s, _) in zip(roles, states) if role in ("inpaint", "depth") and s != "yes"]
+            if cached == "yes" and missing:  # optional parts
+                cached = f"yes (no {', '.join(missing)})"
             rows.append([model.name + (" *" if model.name == registry.default else ""), model.description,
                          _known(model.repos()), cached, render.human_size(used) if used else "-"])
         folder = store.cache_dir()

@@ -102,7 +102,8 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
             load = dataclasses.replace(load, scorer="prior")  # nothing to rank: load no scorer
         with Display(output.quiet, output.json) as display:
             k = Kandinsky.open(**dataclasses.asdict(load), events=display,
-                               inpainting=any(r.inpainting for _, _, r, _ in todo))
+                               inpainting=any(r.inpainting for _, _, r, _ in todo),
+                               hinted=any(r.hinted for _, _, r, _ in todo))
             for j, job, request, names in todo:
                 started = time.perf_counter()
                 display.job(j + 1, len(jobs), job.prompt)

@@ -17,6 +17,15 @@ from kcli.loading.registry import ModelSpec, RepoSpec, is_repo_id, load_registry
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
 DEFAULT_DECODER = "kandinsky-community/kandinsky-2-2-decoder"
 DEFAULT_INPAINT_DECODER = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
+DEPTH_MODEL = "2.2-depth"  # the registry model a hint picture selects when no model or decoder is named
+
+
+def depth_model_of(model: str | None) -> str:
+    """The depth model ``--depth-from`` uses unless ``--depth-model`` names one: the registry model's ``depth``
+    part (``model``, else 2.2-depth), else transformers' own default."""
+    registry = load_registry()
+    spec = registry.models.get(model or DEPTH_MODEL)
+    return spec.depth.id if spec is not None and spec.depth is not None else "Intel/dpt-large"
 
 
 def pull_hint(name: str) -> str:
@@ -99,6 +108,9 @@ def resolve_checkpoints(model: str | None = None, prior: str | None = None, deco
     if model is not None or prior is None or decoder is None:  # two local folders need no registry
         registry = load_registry()
         spec = registry.get(model or registry.default)
+        if inpainting and decoder is None and spec.inpaint is None:
+            raise KandinskyError(f"model {spec.name} has no inpainting decoder: use --model "
+                                 f"{next(n for n, m in registry.models.items() if m.inpaint)} or --decoder")
         prior = prior or spec.prior.id
         decoder = decoder or (spec.inpaint.id if inpainting else spec.decoder.id)
     prior_dir, decoder_dir = resolve_many([prior, decoder], offline=offline, progress=progress)

@@ -19,7 +19,8 @@ ENV = "KANDINSKY_REGISTRY"
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-PARTS = ("prior", "decoder", "inpaint")
+PARTS = ("prior", "decoder", "inpaint", "depth")
+OPTIONAL_PARTS = ("inpaint", "depth")  # a model may have no inpainting decoder; only 2.2-depth has a depth estimator
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,14 @@ class ModelSpec:
     name: str
     description: str
     prior: RepoSpec
-    decoder: RepoSpec
-    inpaint: RepoSpec
+    decoder: RepoSpec  # text-to-image and image-to-image (for 2.2-depth: the ControlNet decoder)
+    inpaint: RepoSpec | None = None  # None: the model cannot inpaint
+    depth: RepoSpec | None = None  # the depth model (transformers) that --depth-from uses by default
 
     def repos(self, inpaint: bool = True) -> tuple[RepoSpec, ...]:
-        return (self.prior, self.decoder, self.inpaint) if inpaint else (self.prior, self.decoder)
+        """Every part (what `models pull` fetches); ``inpaint=False``: only what text-to-image needs."""
+        parts = (self.prior, self.decoder, self.inpaint, self.depth) if inpaint else (self.prior, self.decoder)
+        return tuple(p for p in parts if p is not None)
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,10 @@ def parse(data: dict, source: Path = Path("<registry>")) -> Registry:
     for name, entry in data["models"].items():
         parts = {}
         for part in PARTS:
+            if part not in entry:
+                if part in OPTIONAL_PARTS:
+                    continue
+                raise ValueError(f"model {name} has no {part} repository")
             repo_id = entry[part]
             if repo_id not in repos:
                 raise ValueError(f"model {name}: {part} repository {repo_id} has no [repos] entry")

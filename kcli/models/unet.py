@@ -30,22 +30,25 @@ from torch import nn
 from kcli.errors import CheckpointError
 from kcli.loading import keys
 from kcli.loading.weights import load_module
+from kcli.models.hint import DOWNSCALE, FEATURES, HintEncoder
 from kcli.models.layers import TimestepEmbedding, timestep_embedding
 
-CONDITIONING = {"image": "image_proj", "text_image": "text_image_proj"}  # addition_embed_type -> encoder_hid_dim_type
-IMAGE_TOKENS = {"image": 32, "text_image": 10}  # fixed in the architecture, not in config.json
+# addition_embed_type -> encoder_hid_dim_type; "image_hint" is the 2.2 depth ControlNet (image + hint picture)
+CONDITIONING = {"image": "image_proj", "image_hint": "image_proj", "text_image": "text_image_proj"}
+IMAGE_TOKENS = {"image": 32, "image_hint": 32, "text_image": 10}  # fixed in the architecture, not in config.json
 
 
 @dataclass(frozen=True)
 class UNetConfig:
-    in_channels: int  # 4 for text-to-image, 9 for inpainting (latents + masked image latents + mask)
+    in_channels: int  # 4 for text-to-image, 9 for inpainting (latents + masked image latents + mask),
+                      # 8 for the depth ControlNet (latents + encoded hint)
     out_channels: int  # 8: noise and learned variance
     block_out_channels: tuple[int, ...]  # channels per level; attention on every level but the first
     layers_per_block: int
     attention_head_dim: int  # heads = channels // attention_head_dim
     cross_attention_dim: int  # width of the context tokens
     encoder_hid_dim: int  # width of the image embedding (2.2) or of the XLM-R hidden states (2.1)
-    addition_embed_type: str  # "image" (2.2) or "text_image" (2.1)
+    addition_embed_type: str  # "image" (2.2), "image_hint" (2.2 ControlNet) or "text_image" (2.1)
     norm_num_groups: int
     norm_eps: float
 
@@ -56,11 +59,20 @@ class UNetConfig:
     @property
     def image_embed_dim(self) -> int:
         """Width of the CLIP image embedding it takes (1280 for 2.2, 768 for 2.1)."""
-        return self.encoder_hid_dim if self.addition_embed_type == "image" else self.cross_attention_dim
+        return self.cross_attention_dim if self.addition_embed_type == "text_image" else self.encoder_hid_dim
 
     @property
     def version(self) -> str:
-        return "2.2" if self.addition_embed_type == "image" else "2.1"
+        return "2.1" if self.addition_embed_type == "text_image" else "2.2"
+
+    @property
+    def takes_hint(self) -> bool:
+        """A ControlNet UNet: a hint picture (at 8x the latent size) is encoded and joins the latents."""
+        return self.addition_embed_type == "image_hint"
+
+    @property
+    def hint_scale(self) -> int:
+        return DOWNSCALE
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
@@ -80,9 +92,12 @@ class UNetConfig:
                 raise CheckpointError(f"unsupported UNet: {key} is {d[key]!r}, kandinsky supports {value!r}")
         add = d.get("addition_embed_type")
         if add not in CONDITIONING:
-            raise CheckpointError(f"unsupported UNet: addition_embed_type {add!r} (supported: image, text_image)")
+            raise CheckpointError(f"unsupported UNet: addition_embed_type {add!r} "
+                                  f"(supported: {', '.join(CONDITIONING)})")
         if d.get("encoder_hid_dim_type") != CONDITIONING[add]:
             raise CheckpointError(f"unsupported UNet: encoder_hid_dim_type {d.get('encoder_hid_dim_type')!r} with {add!r}")
+        if add == "image_hint" and d["in_channels"] <= FEATURES:
+            raise CheckpointError(f"unsupported UNet: a hint UNet needs more than {FEATURES} input channels")
         head_dim = d.get("attention_head_dim", 8)
         if not isinstance(head_dim, int):
             raise CheckpointError("unsupported UNet: attention_head_dim must be one number")
@@ -248,12 +263,20 @@ class UNet(nn.Module):
         return self.conv_in.weight.dtype
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, image_embeds: torch.Tensor,
-                text_embeds: torch.Tensor | None = None, text_hidden: torch.Tensor | None = None) -> torch.Tensor:
+                text_embeds: torch.Tensor | None = None, text_hidden: torch.Tensor | None = None,
+                hint: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, in, h, w) latents; t () or (B,) timesteps; image_embeds (B, D).
 
         2.1 also takes text_embeds (B, D) pooled M-CLIP and text_hidden (B, 77, encoder_hid_dim).
+        The ControlNet takes hint (B, 3, 8h, 8w) in [0, 1]; x then has in_channels - 4 channels.
         Returns (B, out, h, w): predicted noise and learned variance.
         """
+        if self.config.takes_hint:
+            if hint is None:
+                raise ValueError("this UNet is a ControlNet: it needs a hint")
+            x = torch.cat([x, self.add_embedding.input_hint_block(hint.to(x.dtype))], dim=1)
+        elif hint is not None:
+            raise ValueError("this UNet takes no hint")
         # 1. time and conditioning embedding
         t = t.reshape(-1).expand(x.shape[0]).to(x.device)
         emb = self.time_embedding(timestep_embedding(t, self.config.block_out_channels[0]).to(x.dtype))
@@ -296,9 +319,11 @@ class AddEmbedding(nn.Module):
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         temb = cfg.time_embed_dim
-        if cfg.addition_embed_type == "image":  # 2.2
+        if cfg.addition_embed_type in ("image", "image_hint"):  # 2.2
             self.image_proj = nn.Linear(cfg.encoder_hid_dim, temb)
             self.image_norm = nn.LayerNorm(temb)
+            if cfg.takes_hint:  # the ControlNet's hint encoder lives here in the checkpoint
+                self.input_hint_block = HintEncoder()
         else:  # 2.1: pooled text and image embeddings, both of width cross_attention_dim
             self.text_proj = nn.Linear(cfg.cross_attention_dim, temb)
             self.text_norm = nn.LayerNorm(temb)
@@ -317,7 +342,7 @@ class ContextProjection(nn.Module):
         super().__init__()
         self.tokens = IMAGE_TOKENS[cfg.addition_embed_type]
         ctx = cfg.cross_attention_dim
-        if cfg.addition_embed_type == "image":  # 2.2
+        if cfg.addition_embed_type in ("image", "image_hint"):  # 2.2
             self.image_embeds = nn.Linear(cfg.encoder_hid_dim, self.tokens * ctx)
             self.norm = nn.LayerNorm(ctx)
         else:  # 2.1

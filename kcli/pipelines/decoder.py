@@ -2,6 +2,7 @@
 
 Three ways in, one loop: from noise (text-to-image), from a partly noised picture (image-to-image),
 and from noise with a known region re-imposed after every step (inpainting, 9-channel UNet).
+A depth ControlNet decoder (8-channel UNet) also takes a hint picture in the first two.
 The version is the checkpoint's: 2.1 decoders also read the prompt (M-CLIP, ``text_encoder/``).
 """
 
@@ -14,6 +15,7 @@ import torch
 
 from kcli.errors import CheckpointError, KandinskyError
 from kcli.loading.weights import read_json
+from kcli.models.hint import DOWNSCALE
 from kcli.models.mclip import MCLIPText
 from kcli.models.movq import MoVQ, load_movq
 from kcli.models.unet import UNet, load_unet
@@ -49,6 +51,24 @@ def movq_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 else dtype
 
 
+def decoder_takes_hint(folder: Path) -> bool:
+    """Whether a decoder checkpoint is a depth ControlNet, from its UNet config alone (no weights are read)."""
+    return read_json(Path(folder) / "unet" / "config.json").get("addition_embed_type") == "image_hint"
+
+
+def check_decoder_hint(folder: Path, hinted: bool) -> None:
+    """Before loading: a hint needs a ControlNet decoder, and a ControlNet decoder needs a hint."""
+    check_hint_fits(decoder_takes_hint(folder), hinted)
+
+
+def check_hint_fits(takes: bool, hinted: bool) -> None:
+    if takes and not hinted:
+        raise KandinskyError("this decoder is a depth ControlNet: it needs a hint picture (--hint DEPTH.png or "
+                             "--depth-from PHOTO)")
+    if hinted and not takes:
+        raise KandinskyError("a hint needs a depth ControlNet decoder (model 2.2-depth); this decoder takes none")
+
+
 class DecoderStage:
     def __init__(self, unet: UNet, movq: MoVQ, scheduler_config: dict, text: MCLIPText | None = None,
                  placement: Placement | None = None):
@@ -59,6 +79,9 @@ class DecoderStage:
         self.sampler = decoder_sampler(scheduler_config)  # the checkpoint's own; checks the config at load
         if (unet.config.version == "2.1") != (text is not None):
             raise CheckpointError("a Kandinsky 2.1 decoder needs its text encoder, and only it")
+        if unet.config.takes_hint and movq.scale_factor != DOWNSCALE:
+            raise CheckpointError(f"a ControlNet decoder needs a MoVQ that scales by {DOWNSCALE} (its hint encoder "
+                                  f"does), this one scales by {movq.scale_factor}")
 
     @classmethod
     def load(cls, folder: Path, *, dtype: torch.dtype, placement: Placement) -> DecoderStage:
@@ -99,8 +122,29 @@ class DecoderStage:
         return self.unet.config.in_channels == 2 * self.movq.config.latent_channels + 1
 
     @property
+    def takes_hint(self) -> bool:
+        """A depth ControlNet decoder: every picture it makes needs a hint."""
+        return self.unet.config.takes_hint
+
+    @property
     def device(self) -> torch.device:
         return self.placement.device
+
+    def check_hint(self, given: bool) -> None:
+        """A hint goes with a ControlNet decoder, and a ControlNet decoder with a hint."""
+        check_hint_fits(self.takes_hint, given)
+
+    def _hint(self, hint: torch.Tensor | None, rows: int, guidance: float, width: int, height: int) -> dict:
+        """The hint as the UNet takes it: (1, 3, H, W) in [0, 1] -> one row per UNet row, [uncond; cond]."""
+        self.check_hint(hint is not None)
+        if hint is None:
+            return {}
+        if tuple(hint.shape[-2:]) != (height, width) or hint.shape[-3] != 3:
+            raise KandinskyError(f"the hint is {tuple(hint.shape[-3:])}, the decoder needs (3, {height}, {width})")
+        hint = hint.expand(rows, -1, -1, -1)
+        if guidance > 1.0:
+            hint = torch.cat([hint, hint])
+        return {"hint": hint.to(device=self.device, dtype=self.unet.dtype)}
 
     def _cond(self, image_embeds, negative_embeds, prompt: str, guidance: float) -> dict:
         """The UNet's conditioning, rows [unconditional; conditional] under guidance.
@@ -123,12 +167,16 @@ class DecoderStage:
 
     def sample(self, image_embeds: torch.Tensor, negative_embeds: torch.Tensor, prompt: str = "", *,
                width: int, height: int, steps: int, guidance: float, generator: torch.Generator,
-               sampler: str | None = None, on_step=None) -> torch.Tensor:
-        """Text-to-image: (B, D) embeddings -> (B, 4, h, w) latents. ``width``/``height`` are on the grid."""
+               sampler: str | None = None, on_step=None, hint: torch.Tensor | None = None) -> torch.Tensor:
+        """Text-to-image: (B, D) embeddings -> (B, 4, h, w) latents. ``width``/``height`` are on the grid.
+
+        ``hint`` (1, 3, height, width) in [0, 1], for a ControlNet decoder only: the same for every row."""
         self._require(False)
         solver = decoder_sampler(self.scheduler_config, sampler)
+        extra = self._hint(hint, image_embeds.shape[0], guidance, width, height)
         with self.placement.on(*self._models()):
             cond, sf = self._cond(image_embeds, negative_embeds, prompt, guidance), self.movq.scale_factor
+            cond.update(extra)
             shape = (image_embeds.shape[0], self.movq.config.latent_channels, height // sf, width // sf)
             latents = randn(shape, generator, self.device, self.unet.dtype)
             return denoise(lambda x, t: self.unet(x, t, **cond), solver, latents, solver.timesteps(steps),
@@ -136,16 +184,19 @@ class DecoderStage:
 
     def refine(self, init: torch.Tensor, image_embeds: torch.Tensor, negative_embeds: torch.Tensor,
                prompt: str = "", *, strength: float, steps: int, guidance: float, generator: torch.Generator,
-               sampler: str | None = None, on_step=None) -> torch.Tensor:
+               sampler: str | None = None, on_step=None, hint: torch.Tensor | None = None) -> torch.Tensor:
         """Image-to-image: re-noise the encoded picture (B, 3, H, W in [-1, 1]), then run the last
         ``strength`` share of the schedule (at least one step).
 
         2.2 noises to the level of the first kept step; 2.1 as its reference does (legacy_img2img_noise).
+        ``hint`` as in ``sample``, at the picture's size.
         """
         self._require(False)
         solver = decoder_sampler(self.scheduler_config, sampler)
+        extra = self._hint(hint, image_embeds.shape[0], guidance, init.shape[-1], init.shape[-2])
         with self.placement.on(*self._models(self.movq)):
             cond = self._cond(image_embeds, negative_embeds, prompt, guidance)
+            cond.update(extra)
             x0 = self.encode(init).to(self.unet.dtype)
             timesteps = solver.timesteps(steps)
             start = steps - max(1, min(int(steps * strength), steps))

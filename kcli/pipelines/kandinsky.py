@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from kcli.errors import KandinskyError
-from kcli.pipelines.decoder import DecoderStage
+from kcli.pipelines.decoder import DecoderStage, check_decoder_hint
 from kcli.pipelines.devices import resolve_device, resolve_dtype
 from kcli.pipelines.events import Relay
 from kcli.pipelines.memory import choose_memory
@@ -68,17 +68,25 @@ class Kandinsky:
         self.events = Relay(events)
         self.folders = {"prior": prior.folder, "decoder": decoder.folder}
         self._linear_priors: dict = {}
+        self.depth_pictures: dict = {}  # (photo sha256, depth model) -> the depth picture estimated from it
         if scorer is not None:
             placement.attach(scorer.clip.model, streamed=False)  # its attention reads weights directly
 
     # ---- opening ------------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, model: str | None = None, *, events=None, inpainting: bool = False, **settings) -> Kandinsky:
+    def open(cls, model: str | None = None, *, events=None, inpainting: bool = False, hinted: bool | None = None,
+             **settings) -> Kandinsky:
         """Open ``model`` (a registry name; ``prior=``/``decoder=`` take folders or hub ids) with the settings
         of ``Loading`` (device, dtype, memory, offload, offline, compile, tile, scorer, clip_model).
         ``inpainting`` loads the inpainting decoder first (inpaint and outpaint need it; ``run`` swaps
-        decoders when a request needs the other one)."""
+        decoders when a request needs the other one). ``hinted``: whether the requests to come give hint
+        pictures; True picks model 2.2-depth when neither a model nor a decoder is named, and either way the
+        decoder is checked against it before any weights load (None: each request is checked when it runs)."""
+        if hinted and model is None and settings.get("decoder") is None:
+            from kcli.loading.hub import DEPTH_MODEL
+
+            model = DEPTH_MODEL  # a hint picks the depth ControlNet
         load = Loading(model=model, **settings)
         relay = Relay(events)
         device = resolve_device(load.device)
@@ -93,6 +101,8 @@ class Kandinsky:
             load = dataclasses.replace(load, tile=memory.tile)
         scorer = _open_scorer(load, device, dtype, offload, relay)
         prior_dir, decoder_dir = _folders(load, inpainting, relay)
+        if hinted is not None:
+            check_decoder_hint(decoder_dir, hinted)
         placement = Placement(offload, device)
         relay.progress("load", 0, 2)
         prior = PriorStage.load(prior_dir, dtype=dtype, placement=placement)

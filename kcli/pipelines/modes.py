@@ -1,5 +1,6 @@
 """Each request as a recipe: the size it makes, how one image's latents are drawn (prior, then decoder, from
-one generator), and how its pixels are finished (cropped, resized, pasted back).
+one generator; a depth ControlNet decoder also follows the hint picture, see ``hint``), and how its pixels are
+finished (cropped, resized, pasted back).
 
 ``Kandinsky.run`` draws every image the same way (seeds, best-of, decode, timings); only these differ.
 """
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kcli.pipelines import canvas
+from kcli.pipelines import canvas, hint
 from kcli.pipelines.masks import paste_original
 from kcli.pipelines.pixels import resize, resize_array, rgb, to_pixels
 from kcli.pipelines.requests import (
@@ -56,9 +57,9 @@ def recipe(k, request: Request, events) -> Recipe:
     if isinstance(request, Inpaint):
         return _inpaint(k, request)
     if isinstance(request, ImageToImage):
-        return _image_to_image(k, request)
+        return _image_to_image(k, request, events)
     if isinstance(request, TextToImage):
-        return _text_to_image(k, request)
+        return _text_to_image(k, request, events)
     raise TypeError(f"not a request: {type(request).__name__}")
 
 
@@ -75,34 +76,40 @@ def _embed(k, s: Request, g: torch.Generator, report):
                          on_step=lambda i, n: report("prior", i, n), mode=s.prior_mode, linear=k.linear_prior(s))
 
 
-def _text_to_image(k, request: TextToImage) -> Recipe:
+def _text_to_image(k, request: TextToImage, events) -> Recipe:
     request = _sized(request)
     size = grid_size(request.width, request.height, k.decoder.pixel_step)
+    request, depth = hint.prepare(k, request, events)
+    hint_px = hint.fitted(depth, size)
 
     def make(s, g, report):
         emb, neg = _embed(k, s, g, report)
         return k.decoder.sample(emb, neg, s.prompt, width=size.gen_width, height=size.gen_height, steps=s.steps,
                                 guidance=s.guidance, generator=g, sampler=s.sampler,
-                                on_step=lambda i, n: report("decoder", i, n))
+                                on_step=lambda i, n: report("decoder", i, n), hint=hint_px)
 
     return Recipe(request, size, make, lambda px: center_crop(px, size.width, size.height))
 
 
-def _image_to_image(k, request: ImageToImage) -> Recipe:
+def _image_to_image(k, request: ImageToImage, events) -> Recipe:
     init = picture(request.init, "--init image")
     request = _sized(request, init.size)
     size = grid_size(request.width, request.height, k.decoder.pixel_step)
     pixels = to_pixels(resize(rgb(init), size.gen_width, size.gen_height))
+    request, depth = hint.prepare(k, request, events)
+    hint_px = hint.fitted(depth, size, stretch=True)  # like the picture: stretched to the grid and back
 
     def make(s, g, report):
         emb, neg = _embed(k, s, g, report)
         return k.decoder.refine(pixels, emb, neg, s.prompt, strength=s.strength, steps=s.steps, guidance=s.guidance,
-                                generator=g, sampler=s.sampler, on_step=lambda i, n: report("decoder", i, n))
+                                generator=g, sampler=s.sampler, on_step=lambda i, n: report("decoder", i, n),
+                                hint=hint_px)
 
     return Recipe(request, size, make, lambda px: resize_array(px, size.width, size.height))
 
 
 def _fuse(k, request: Fuse, events, shown: Request) -> Recipe:
+    k.decoder.check_hint(False)  # a depth ControlNet decoder has no hint to follow here
     weights = normalise(request.weights, len(request.items))
     items = [item if isinstance(item, str) else rgb(picture(item, "image")) for item in request.items]
     events.note("weights: " + ", ".join(

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from kcli.errors import KandinskyError
-from kcli.pipelines.settings import INPUT, Sampling, check_ranges, setting
+from kcli.pipelines.files import check_unchanged
+from kcli.pipelines.settings import INPUT, RECORDED_ONLY, Sampling, check_ranges, setting
 
 DEFAULT_SIZE = 512  # the reference's width and height
 PRIOR_MODES = ("diffusion", "linear", "none")
@@ -56,6 +57,11 @@ class Request(Sampling):
         """What the request is about, for file names and records (its prompt, for most)."""
         return getattr(self, "prompt", "") or ""
 
+    @property
+    def hinted(self) -> bool:
+        """Whether it gives a hint picture: it then needs a depth ControlNet decoder, which needs one."""
+        return False
+
 
 @dataclass(frozen=True)
 class Prompted(Request):
@@ -64,12 +70,52 @@ class Prompted(Request):
 
 
 @dataclass(frozen=True)
-class TextToImage(Prompted):
+class Drawn(Prompted):
+    """Text to image and image to image, where a depth ControlNet decoder (model 2.2-depth) keeps the layout of
+    a hint picture: a file or PIL picture (``hint``), or one estimated from a photo (``depth_from``). Images
+    record the files by path and sha256; the pipeline fills in the hashes and the depth model used."""
+
+    hint: Path | None = setting(None, "A depth picture (grey or RGB, near = white) whose layout the image keeps; "
+                                "uses the depth ControlNet (model 2.2-depth).", panel=INPUT, file=False, job=True,
+                                recorded=True)
+    depth_from: Path | None = setting(None, "Estimate the --hint from this photo with a depth model "
+                                      "(--depth-model).", panel=INPUT, file=False, recorded=True)
+    depth_model: str | None = setting(None, "The transformers depth model (DPT, Depth-Anything) of --depth-from: a "
+                                      "hub id or a folder (default: the model's, Intel/dpt-large).", panel=INPUT,
+                                      file=False, recorded=True)
+    save_hint: bool = setting(False, "With --depth-from: also write the depth picture beside the output.",
+                              panel=INPUT, file=False)
+    hint_sha256: str | None = setting(None, "The sha256 of the hint file (--from refuses a hint that changed).",
+                                      file=False, recorded=True, commands=RECORDED_ONLY)
+    depth_from_sha256: str | None = setting(None, "The sha256 of the --depth-from photo (as hint_sha256).",
+                                            file=False, recorded=True, commands=RECORDED_ONLY)
+    hint_file: Path | None = None  # where save_hint writes (default: PHOTO-depth.png in this folder)
+
+    @property
+    def hinted(self) -> bool:
+        return self.hint is not None or self.depth_from is not None
+
+    def check(self) -> None:
+        super().check()
+        if self.hint is not None and self.depth_from is not None:
+            raise KandinskyError("give --hint or --depth-from, not both")
+        if (self.save_hint or self.depth_model) and self.depth_from is None:
+            raise KandinskyError(f"{'--save-hint' if self.save_hint else '--depth-model'} goes with --depth-from PHOTO")
+        for value, recorded, what in ((self.hint, self.hint_sha256, "hint"),
+                                      (self.depth_from, self.depth_from_sha256, "--depth-from photo")):
+            if value is not None:
+                _picture(value, what, header_only=True)
+                if isinstance(value, (str, Path)):
+                    check_unchanged(value, recorded, what)
+
+
+@dataclass(frozen=True)
+class TextToImage(Drawn):
     mode: ClassVar[str] = "generate"
 
 
 @dataclass(frozen=True)
-class ImageToImage(Prompted):
+class ImageToImage(Drawn):
     mode: ClassVar[str] = "image-to-image"
     sized_by_input: ClassVar[bool] = True
     init: Path | None = setting(None, "Start from this picture (image to image).", panel=INPUT, file=False,
@@ -197,13 +243,13 @@ class Outpaint(OnPicture):
 REQUESTS = (TextToImage, ImageToImage, Fuse, Vary, Inpaint, Outpaint)
 
 
-def _picture(value, what: str):
+def _picture(value, what: str, header_only: bool = False):
     """A request's picture: a PIL image as is, a path read from disk (errors name the file)."""
     if hasattr(value, "convert"):
         return value
     from kcli.pipelines.files import load_image
 
-    return load_image(Path(value), what)
+    return load_image(Path(value), what, header_only=header_only)
 
 
 def check_strength(strength: float) -> None:

@@ -45,7 +45,8 @@ class Spec:
     job: bool = False  # a key of a batch's JSON lines (and a server's request body)
     recorded: bool = False  # written into each image and read back by --from
     argument: bool = False  # a positional argument on the command line
-    commands: frozenset | None = None  # the commands that offer it (None: every command of its group)
+    commands: frozenset | None = None  # the commands that offer it (None: every command of its group; RECORDED_ONLY:
+                                       # none, a value the pipeline fills in and images record, e.g. a file's hash)
 
 
 def setting(default, help: str, **spec):
@@ -77,13 +78,14 @@ MAX_SIDE = 4096  # pixels: the models were trained at up to 1024; beyond this no
 
 GENERATING = frozenset({"generate", "fuse", "vary", "inpaint", "outpaint"})
 FROM_A_PROMPT_LIST = frozenset({"generate", "inpaint", "outpaint"})  # fuse and vary take their items as arguments
+RECORDED_ONLY = frozenset()  # offered by no command
 
 
 @dataclass(frozen=True, kw_only=True)
 class Loading:
     """What is loaded once and serves every request: checkpoints, device, precision, memory, the scorer."""
 
-    model: str | None = setting(None, "Model by name: 2.2 (default) or 2.1; see `kandinsky models list`. "
+    model: str | None = setting(None, "Model by name: 2.2 (default), 2.1 or 2.2-depth; see `kandinsky models list`. "
                                 "--prior/--decoder replace its parts.", panel=MODEL, recorded=True)
     prior: str | None = setting(None, "Prior checkpoint: a folder (diffusers layout) or a hub id.", panel=MODEL,
                                 recorded=True)
@@ -183,14 +185,18 @@ def recorded_names(cls) -> list[str]:
 
 def record(request) -> dict:
     """What an image says about the request that made it: ``settings`` (the sampling settings and the
-    prompt) and ``inputs`` (the request's own fields, e.g. strength or the mask's path)."""
+    prompt) and ``inputs`` (the request's own fields, e.g. strength or the mask's path; those not given are
+    left out)."""
     own = {f.name for f in settings_of(Sampling)} | {"prompt"}
     settings, inputs = {"prompt": request.label}, {}
     for f in settings_of(type(request)):
         if not spec_of(f).recorded:
             continue
-        value = getattr(request, f.name)
-        (settings if f.name in own else inputs)[f.name] = _plain(value)
+        value = _plain(getattr(request, f.name))
+        if f.name in own:
+            settings[f.name] = value
+        elif value is not None:
+            inputs[f.name] = value
     return {"settings": settings, "inputs": inputs}
 
 

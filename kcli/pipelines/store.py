@@ -16,8 +16,8 @@ from kcli.loading.download import (
     verify,
 )
 from kcli.loading.hub import not_cached_message, owner, pull_hint, repo_spec, target
-from kcli.loading.registry import FileSpec, load_registry
+from kcli.loading.registry import PARTS, FileSpec, load_registry
 
-__all__ = ["FileSpec", "cache_dir", "disk_usage", "fetch", "home", "human_size", "inspect", "load_registry",
+__all__ = ["PARTS", "FileSpec", "cache_dir", "disk_usage", "fetch", "home", "human_size", "inspect", "load_registry",
            "not_cached_message", "owner", "pull_hint", "recorded_files", "remove", "repo_folder", "repo_spec",
            "target", "verify"]
