@@ -88,3 +88,14 @@ def test_from_metadata_with_nan_is_refused(prior22, decoder22, tmp_path):
     proc = run("generate", "--from", tmp_path / "forged.png", "-o", tmp_path / "out.png")
     assert "guidance must be a finite number, got nan" in one_line_error(proc)
     assert not (tmp_path / "out.png").exists()
+
+
+def test_bounds_are_named_exactly():
+    from kcli.errors import KandinskyError
+    from kcli.pipelines.requests import TextToImage
+
+    for kw, message in [(dict(seed=2**63), f"seed must be at most {2**63 - 1}, got {2**63}"),
+                        (dict(num_images=10_001), "num-images must be at most 10000, got 10001")]:
+        with pytest.raises(KandinskyError) as e:
+            TextToImage("x", **kw).check()
+        assert str(e.value) == message
