@@ -99,3 +99,44 @@ def test_bounds_are_named_exactly():
         with pytest.raises(KandinskyError) as e:
             TextToImage("x", **kw).check()
         assert str(e.value) == message
+
+
+def test_a_16_bit_grey_picture_is_read_as_its_8_bit_levels(prior22, decoder22, tmp_path):
+    """PIL alone turns 16-bit grey into near-white; the same levels at 8 bits must give the same image."""
+    import numpy as np
+    from PIL import Image
+
+    levels = (np.add.outer(np.arange(64), np.arange(64)) * 2).astype(np.uint8)  # a grey ramp, 0..252
+    Image.fromarray(levels).save(tmp_path / "g8.png")
+    Image.fromarray(levels.astype(np.uint16) * 257).save(tmp_path / "g16.png")  # white = 65535
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    outs = []
+    for name in ("g8", "g16"):
+        proc = run("generate", "a cat", "--init", tmp_path / f"{name}.png", "--strength", 0.5, "--seed", 4,
+                   "--prior", prior22, "--decoder", decoder22, *TINY, "-o", tmp_path / f"out-{name}.png")
+        assert proc.returncode == 0, proc.stderr
+        outs.append(np.asarray(Image.open(tmp_path / f"out-{name}.png")))
+    assert np.array_equal(*outs)
+
+
+def test_a_16_bit_mask_repaints_where_it_is_white():
+    import numpy as np
+    from PIL import Image
+
+    from kcli.pipelines.masks import repaint_mask
+
+    mask = np.zeros((64, 128), np.uint16)
+    mask[:, 64:] = 65535
+    repaint = repaint_mask(Image.fromarray(mask), 128, 64)
+    assert repaint[:, 64:].all() and not repaint[:, :64].any()
+
+
+def test_a_picture_above_the_pixel_limit_is_refused_from_its_header(prior22, decoder22, tmp_path):
+    from PIL import Image
+
+    Image.new("L", (10000, 10000)).save(tmp_path / "huge.png")  # 100 megapixels in a few hundred kB
+    proc = run("generate", "a cat", "--init", tmp_path / "huge.png", "--prior", prior22, "--decoder", decoder22,
+               *TINY, "-o", tmp_path / "out.png")
+    assert one_line_error(proc) == (f"error: --init image {tmp_path / 'huge.png'} is 10000x10000, 100 megapixels: "
+                                    "above the limit of 64 (set KANDINSKY_MAX_PIXELS to allow more)")
+    assert not (tmp_path / "out.png").exists()

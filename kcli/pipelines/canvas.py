@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from kcli.errors import KandinskyError
+from kcli.pipelines.files import eight_bit
 
 SIDES = ("top", "bottom", "left", "right")
 ITEM = re.compile(r"^\s*(top|bottom|left|right|all)\s*=\s*(\d+(?:\.\d+)?)\s*(%|px)?\s*$")
@@ -71,7 +72,7 @@ def fit_canvas(width: int, height: int, grow: dict[str, int], step: int) -> Canv
 def build(image: Image.Image, canvas: Canvas) -> tuple[Image.Image, np.ndarray]:
     """The canvas (new area filled by repeating the picture's edge, a neutral start for the model) and the
     repaint mask (True on the new area)."""
-    px = np.asarray(image.convert("RGB"))
+    px = np.asarray(eight_bit(image).convert("RGB"))
     pad = ((canvas.top, canvas.height - canvas.top - canvas.image_height),
            (canvas.left, canvas.width - canvas.left - canvas.image_width), (0, 0))
     filled = np.pad(px, pad, mode="edge")

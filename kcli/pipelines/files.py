@@ -2,6 +2,29 @@
 
 from __future__ import annotations
 
+import os
+
+MAX_PIXELS = 64_000_000  # per picture, read from its header before any decode; KANDINSKY_MAX_PIXELS overrides
+HIGH_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}  # mode -> white
+
+
+def max_pixels() -> int:
+    value = os.environ.get("KANDINSKY_MAX_PIXELS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else MAX_PIXELS
+
+
+def eight_bit(image):
+    """A 16-bit grey picture (PNG, TIFF) as 8-bit "L"; others as they are. PIL's own conversion clips every
+    value above 255 to white, so a 16-bit picture became near-white."""
+    import numpy as np
+    from PIL import Image
+
+    white = HIGH_DEPTH.get(image.mode)
+    if white is None:
+        return image
+    levels = np.asarray(image, dtype=np.float64) * (255 / white)
+    return Image.fromarray(np.clip(np.round(levels), 0, 255).astype(np.uint8), "L")
+
 
 def load_image(path, what: str = "image", header_only: bool = False):
     """An RGB(A) picture from disk, EXIF rotation applied. Errors name the file. ``header_only`` checks that
@@ -12,7 +35,12 @@ def load_image(path, what: str = "image", header_only: bool = False):
 
     p = str(path)
     try:
-        with Image.open(p) as im:
+        with Image.open(p) as im:  # reads the header only
+            limit = max_pixels()
+            if im.width * im.height > limit:
+                raise KandinskyError(f"{what} {p} is {im.width}x{im.height}, {im.width * im.height / 1e6:.0f} "
+                                     f"megapixels: above the limit of {limit / 1e6:g} (set KANDINSKY_MAX_PIXELS "
+                                     "to allow more)")
             if header_only:
                 return None
             im.load()
@@ -21,6 +49,8 @@ def load_image(path, what: str = "image", header_only: bool = False):
         raise KandinskyError(f"{what} {p} does not exist") from None
     except IsADirectoryError:
         raise KandinskyError(f"{what} {p} is a folder, not an image") from None
+    except Image.DecompressionBombError as e:  # PIL's own limit, met in the header of some formats
+        raise KandinskyError(f"{what} {p} is too large to decode safely ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise KandinskyError(f"{what} {p} cannot be read as an image ({e.__class__.__name__})") from None
     return im

@@ -11,7 +11,9 @@ def repaint_mask(mask_image, width: int, height: int, invert: bool = False) -> n
     from PIL import Image
 
     from kcli.errors import KandinskyError
+    from kcli.pipelines.pixels import eight_bit
 
+    mask_image = eight_bit(mask_image)
     if mask_image.mode in ("RGBA", "LA") or (mask_image.mode == "P" and "transparency" in mask_image.info):
         alpha = mask_image.convert("RGBA").getchannel("A")
         gray = Image.eval(alpha, lambda a: 255 - a) if alpha.getextrema()[0] < 255 else mask_image.convert("L")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kcli.pipelines.files import eight_bit
+
 
 def to_uint8(decoded: torch.Tensor) -> np.ndarray:
     """MoVQ output in [-1, 1] (B, 3, H, W) -> (B, H, W, 3) uint8, rounded like the reference's PIL output."""
@@ -13,9 +15,10 @@ def to_uint8(decoded: torch.Tensor) -> np.ndarray:
 
 
 def rgb(image):
-    """Drop alpha by compositing on white, so transparent areas do not turn black."""
+    """Drop alpha by compositing on white, so transparent areas do not turn black; 16-bit grey scaled to 8."""
     from PIL import Image
 
+    image = eight_bit(image)
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
