@@ -133,7 +133,7 @@ class Sampling:
     best_of: int = setting(1, "Make N candidates per image and keep the one CLIP finds closest to the prompt "
                            "(--scorer).", min=1, max=100, job=True)
     sampler: str | None = setting(None, "Decoder sampler: default (the checkpoint's), ddpm, ddim, dpm++2m, "
-                                  "dpm++2m-karras.", job=True, recorded=True)
+                                  "dpm++2m-karras, euler, euler_a (Euler ancestral).", job=True, recorded=True)
     prior_mode: str = setting("diffusion", "diffusion (the prior), linear (a fitted map, --linear-prior) or none "
                               "(the CLIP text embedding as is: the paper's baseline).", recorded=True)
     linear_prior: str | None = setting(None, "A file made by `kandinsky prior fit`.", recorded=True)
