@@ -8,6 +8,7 @@ with its metadata) before the next one starts; a failing job is reported and the
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,15 +96,21 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
 
     # 2. open once, then each job; a failing job is reported and the others go on
     if todo:
-        from kcli.pipelines import Kandinsky
-
         load = pick(Loading, resolved)
         if all(r.best_of == 1 for _, _, r, _ in todo):
             load = dataclasses.replace(load, scorer="prior")  # nothing to rank: load no scorer
         with Display(output.quiet, output.json) as display:
-            k = Kandinsky.open(**dataclasses.asdict(load), events=display,
-                               inpainting=any(r.inpainting for _, _, r, _ in todo),
-                               hinted=any(r.hinted for _, _, r, _ in todo))
+            server = output.server or os.environ.get("KANDINSKY_SERVER")
+            if server:  # the server's models do the work; files and metadata are written here as usual
+                from kcli.serve.client import Remote
+
+                k = Remote(server, api_key=os.environ.get("KANDINSKY_API_KEY"))
+            else:
+                from kcli.pipelines import Kandinsky
+
+                k = Kandinsky.open(**dataclasses.asdict(load), events=display,
+                                   inpainting=any(r.inpainting for _, _, r, _ in todo),
+                                   hinted=any(r.hinted for _, _, r, _ in todo))
             for j, job, request, names in todo:
                 started = time.perf_counter()
                 display.job(j + 1, len(jobs), job.prompt)

@@ -157,6 +157,9 @@ class Output:
     json: bool = setting(False, "One JSON object per image on stdout (path, seed, timings).", panel=OUTPUT,
                          file=False)
     quiet: bool = setting(False, "Only errors; saved paths still go to stdout.", short="-q", panel=OUTPUT)
+    server: str | None = setting(None, "Send the jobs to a running `kandinsky serve` at this URL (or "
+                                 "KANDINSKY_SERVER; its key in KANDINSKY_API_KEY) instead of loading a model here.",
+                                 panel=OUTPUT, file=False, commands=GENERATING)
 
 
 GROUPS = (Loading, Sampling, Output)
