@@ -131,6 +131,12 @@ def test_generate_inpaint_outpaint_and_fuse_in_a_browser(browser, server, scene,
     assert {"euler_a", "ddpm"} <= set(samplers)
 
     # generate: a prompt and settings, progress from the queue while it runs
+    d.execute_script("""window.sent = [];  // what the page asks the server
+        const plain = window.fetch;
+        window.fetch = (url, options) => {
+            sent.push([url, options && options.body]);
+            return plain(url, options);
+        };""")
     _by_id(d, "prompt").send_keys("a lighthouse at dusk")
     for name, value in SMALL.items():
         field = _by_id(d, "set-" + name)
@@ -142,7 +148,9 @@ def test_generate_inpaint_outpaint_and_fuse_in_a_browser(browser, server, scene,
     recorded = made["metadata"]["settings"]
     assert recorded["steps"] == 2 and recorded["prompt"] == "a lighthouse at dusk"
     assert _picture(made).shape == (64, 64, 3)
-    assert _by_id(d, "progress").get_attribute("hidden") is not None  # shown while running, hidden after
+    asked = [url for url, _ in d.execute_script("return sent;")]
+    assert "/kandinsky/v1/generate" in asked and "/sdapi/v1/progress" in asked  # polled while it ran
+    assert _by_id(d, "progress").get_attribute("hidden") is not None  # and hidden after
 
     # open a picture, paint a mask over its middle with the mouse, inpaint through AUTOMATIC1111's img2img
     _by_id(d, "upload").send_keys(scene)
@@ -194,16 +202,12 @@ def test_generate_inpaint_outpaint_and_fuse_in_a_browser(browser, server, scene,
     assert len(sliders) == 2
     d.execute_script("arguments[0].value = '0.25'; arguments[0].dispatchEvent(new Event('input'));",
                      sliders[0])
-    d.execute_script("""window.sent = [];
-        const plain = window.fetch;
-        window.fetch = (url, options) => {
-            sent.push([url, options && options.body]);
-            return plain(url, options);
-        };""")
     _by_id(d, "fuse").click()
     fused = _wait_for_images(d, 4, "the fused image")
     assert fused["metadata"]["mode"] == "fuse"
     (body,) = [json.loads(b) for url, b in d.execute_script("return sent;") if url == "/kandinsky/v1/fuse"]
+    (inpaint,) = [json.loads(b) for url, b in d.execute_script("return sent;") if url == "/sdapi/v1/img2img"]
+    assert inpaint["mask"].startswith("data:image/png") and len(inpaint["init_images"]) == 1
     assert body["weights"] == [0.25, 0.5]
     assert body["items"][0] == "a lighthouse at dusk" and set(body["items"][1]) == {"image"}
 

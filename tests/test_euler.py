@@ -206,3 +206,13 @@ def test_inpaint_equals_diffusers_with_euler_a(prior22, inpaint22, pictures):
                width=128, height=64, num_inference_steps=5, prior_num_inference_steps=2, generator=_gen(7),
                output_type="np")
     oracle.assert_images_match(np.asarray(ours.image), oracle.as_uint8(want.images)[0])
+
+
+def test_text_to_image_on_21_equals_diffusers_with_euler_a(prior21, decoder21):
+    k = Kandinsky.open(prior=str(prior21), decoder=str(decoder21), device="cpu")
+    s = TextToImage("a red cat, 4k photo", seed=4, width=128, height=64, steps=5, prior_steps=2, sampler="euler_a")
+    (ours,) = k.run(s)
+    ref = _euler_reference(oracle.combined_21(prior21, decoder21), ancestral=True)
+    want = ref("a red cat, 4k photo", width=128, height=64, num_inference_steps=5, prior_num_inference_steps=2,
+               generator=_gen(4), output_type="np").images
+    oracle.assert_images_match(np.asarray(ours.image), oracle.as_uint8(want)[0])

@@ -120,7 +120,9 @@ async function job(label, run) {
   say(`${label}…`);
   const timer = setInterval(pollProgress, 300);
   try {
-    const {images, interrupted} = await run();
+    const running = run();
+    pollProgress();  // at once too: where the job stands in the queue
+    const {images, interrupted} = await running;
     for (const image of images) addToGallery(image);
     if (images.length) {
       select(state.gallery.length - 1);
