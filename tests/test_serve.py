@@ -126,6 +126,7 @@ def test_openai_generate_and_edit_equal_the_cli(server, local, pictures, masks):
 
 @pytest.mark.parametrize("name,args", [
     ("generate", ["generate", "a red cat", "--guidance", 4]),
+    ("img2img", ["generate", "a red cat", "--init", "{square}", "--strength", 0.5]),
     ("inpaint", ["inpaint", "a hat", "--image", "{square}", "--mask", "{white}"]),
 ])
 def test_the_cli_with_server_writes_the_same_file_as_a_local_run(server, local, pictures, masks, tmp_path, name,
@@ -134,8 +135,6 @@ def test_the_cli_with_server_writes_the_same_file_as_a_local_run(server, local, 
 
     paths = {"square": pictures["square"], "white": masks["white"]}
     args = [a.format(**{k: str(v) for k, v in paths.items()}) if isinstance(a, str) else a for a in args]
-    if name == "img2img":
-        args += ["--init", pictures["square"]]
     proc = run(*args, *CLI_SMALL, "--server", server.url, "-o", tmp_path / "remote.png")
     assert proc.returncode == 0, proc.stderr
     assert "loading models" not in proc.stderr
