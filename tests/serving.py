@@ -19,10 +19,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, *args, env: dict | None = None, key: str | None = None, host: str = "127.0.0.1"):
+    def __init__(self, *args, env: dict | None = None, key: str | None = None, host: str = "127.0.0.1",
+                 device: str = "cpu"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = ["serve", *map(str, args), "--host", host, "--port", str(self.port), "--device", "cpu"]
+        self.args = ["serve", *map(str, args), "--host", host, "--port", str(self.port), "--device", device]
         self.env = {**os.environ, "COLUMNS": "200", **(env or {})}
         self.key = key
         self.proc: subprocess.Popen | None = None
@@ -66,7 +67,7 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> Server:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc) -> None:

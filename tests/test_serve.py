@@ -107,6 +107,10 @@ def test_a_sampler_we_lack_falls_back_and_info_says_so(server):
     assert "UniPC" in info["sampler_fallback"] and info["sampler_name"] == "DDPM"
     names = [s["name"] for s in server.get("/sdapi/v1/samplers").json()]
     assert {"DDIM", "DPM++ 2M", "DPM++ 2M Karras"} <= set(names)
+    for name in names:  # every sampler listed is used by its A1111 name, without falling back
+        info = json.loads(server.post("/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": name, **SMALL,
+                                                            "steps": 2}).json()["info"])
+        assert info["sampler_name"] == name and "sampler_fallback" not in info
 
 
 def test_openai_generate_and_edit_equal_the_cli(server, local, pictures, masks):
