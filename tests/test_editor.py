@@ -161,10 +161,15 @@ def test_generate_inpaint_outpaint_and_fuse_in_a_browser(browser, server, scene,
     d.execute_script("arguments[0].value = '64';", _by_id(d, "brush"))  # screen pixels
     ActionChains(d).move_to_element_with_offset(mask, -60, -20).click_and_hold().move_by_offset(60, 0) \
         .move_by_offset(40, 30).release().perform()
-    painted = d.execute_script("return maskUrl();")
-    repaint = _decoded(painted).convert("L")
-    repaint = np.asarray(repaint) > 127
+    ActionChains(d).move_to_element_with_offset(mask, 150, 150).click_and_hold().move_by_offset(30, 0) \
+        .release().perform()  # a stray stroke near the corner, rubbed out again
+    _by_id(d, "erase").click()
+    ActionChains(d).move_to_element_with_offset(mask, 150, 150).click_and_hold().move_by_offset(30, 0) \
+        .release().perform()
+    _by_id(d, "erase").click()
+    repaint = np.asarray(_decoded(d.execute_script("return maskUrl();")).convert("L")) > 127
     assert 0.02 < repaint.mean() < 0.6, repaint.mean()  # a stroke, not nothing nor everything
+    assert not repaint[100:, 100:].any()  # the stray stroke is gone
     _by_id(d, "inpaint").click()
     inpainted = _wait_for_images(d, 2, "the inpainted image")
     assert inpainted["metadata"]["mode"] == "inpaint"

@@ -17,6 +17,7 @@ const LABELS = {negative: "Negative", seed: "Seed", width: "Width", height: "Hei
                 prior_steps: "Prior steps", guidance: "Guidance", prior_guidance: "Prior guidance",
                 num_images: "Images", sampler: "Sampler"};
 const SIDES = ["top", "right", "bottom", "left"];
+const PAINTED = 128;  // mask alpha from which a pixel is repainted: the brush's soft (antialiased) rim counts half
 const MAX_GROW = 2048;  // pixels per side; the server refuses canvases beyond its own limits anyway
 
 const state = {
@@ -248,7 +249,7 @@ function pictureUrl() {
 
 function maskPainted() {
   const {data} = $("mask").getContext("2d").getImageData(0, 0, state.width, state.height);
-  for (let i = 3; i < data.length; i += 4) if (data[i]) return true;
+  for (let i = 3; i < data.length; i += 4) if (data[i] >= PAINTED) return true;
   return false;
 }
 
@@ -260,7 +261,7 @@ function maskUrl() {
   out.height = state.height;
   const ctx = out.getContext("2d"), bw = ctx.createImageData(state.width, state.height);
   for (let i = 0; i < src.data.length; i += 4) {
-    const v = src.data[i + 3] > 0 ? 255 : 0;
+    const v = src.data[i + 3] >= PAINTED ? 255 : 0;
     bw.data[i] = bw.data[i + 1] = bw.data[i + 2] = v;
     bw.data[i + 3] = 255;
   }
@@ -279,6 +280,7 @@ function paintMask() {
     ctx.strokeStyle = ctx.fillStyle = getComputedStyle(document.documentElement).getPropertyValue("--mask");
     ctx.lineWidth = $("brush").value / state.scale;
     ctx.lineCap = ctx.lineJoin = "round";
+    ctx.globalCompositeOperation = $("erase").checked ? "destination-out" : "source-over";
     ctx.beginPath();
     if (last) {
       ctx.moveTo(...last);
