@@ -23,8 +23,14 @@ them from ``from_config(decoder config)``, so a seed gives the same image:
 * the ancestral sampler draws one noise tensor at every step, the last included (where its scale is 0),
   in the model output's dtype, after the deterministic part; plain Euler draws nothing.
 
-Note: diffusers' Kandinsky pipelines never call ``scale_model_input``; their StableDiffusion pipelines do, as
-the algorithm requires. We scale (the test oracle wraps the reference UNet to do the same).
+Where we differ from diffusers' Kandinsky pipelines with these schedulers, on purpose:
+
+* they never call ``scale_model_input`` (their StableDiffusion pipelines do, as the algorithm requires); we
+  scale, and the test oracle wraps the reference UNet to do the same;
+* their 2.2 inpainting re-noises the known region with the initial latents *after* the ``init_noise_sigma``
+  scaling, so by ``init_noise_sigma * sigma``; we use unit noise (``x0 + sigma * noise``);
+* their 2.1 image-to-image scales the encoded picture by ``init_noise_sigma`` and noises it the DDPM way; we
+  noise it with ``add_noise`` in sigma space, at the first kept step, as 2.2 does.
 """
 
 from __future__ import annotations
