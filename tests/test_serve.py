@@ -203,3 +203,30 @@ def test_png_info_models_and_options(server):
     assert server.post("/sdapi/v1/options", {"sd_model_checkpoint": "custom"}).status_code == 200
     answer = server.post("/sdapi/v1/options", {"sd_model_checkpoint": "../../etc/passwd"})
     assert answer.status_code == 404 and "unknown checkpoint" in answer.json()["error"]
+
+
+def test_fuse_vary_and_outpaint_through_the_server_record_this_machines_inputs(server, pictures, tmp_path):
+    from kcli.cli import metadata
+
+    tiny = ["--steps", 1, "--prior-steps", 1, "--server", server.url]
+    fused = run("fuse", "a red cat", pictures["square"], "--weights", "1,3", "-W", 64, "-H", 64, *tiny, "-o",
+                tmp_path / "fuse.png")
+    assert fused.returncode == 0, fused.stderr
+    assert metadata.read(tmp_path / "fuse.png")["inputs"]["items"] == ["a red cat", str(pictures["square"].resolve())]
+    varied = run("vary", pictures["square"], "-W", 64, "-H", 64, "-n", 2, *tiny, "-o", tmp_path)
+    assert varied.returncode == 0, varied.stderr
+    assert len(list(tmp_path.glob("*square-variation*.png"))) == 2
+    grown = run("outpaint", "more", "--image", pictures["square"], "--expand", "left=64", *tiny, "-o",
+                tmp_path / "grown.png")
+    assert grown.returncode == 0, grown.stderr
+    assert Image.open(tmp_path / "grown.png").size == (128, 64)
+    meta = metadata.read(tmp_path / "grown.png")
+    assert meta["mode"] == "outpaint" and meta["inputs"]["image"] == str(pictures["square"].resolve())
+
+
+def test_the_cli_says_in_one_line_when_no_server_answers(tmp_path):
+    from serving import free_port
+    from test_cli import one_line_error
+
+    proc = run("generate", "x", "--server", f"http://127.0.0.1:{free_port()}", "-o", tmp_path / "x.png")
+    assert "cannot reach the server" in one_line_error(proc) and not (tmp_path / "x.png").exists()

@@ -42,6 +42,16 @@ def test_another_host_without_a_key_is_refused_in_one_line(prior22, decoder22):
     assert "--api-key" in one_line_error(proc)
 
 
+def test_a_taken_port_is_refused_in_one_line_before_loading(prior22, decoder22):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        proc = run("serve", "--prior", prior22, "--decoder", decoder22, "--port", port)
+    assert f"cannot listen on 127.0.0.1:{port}" in one_line_error(proc)
+    assert "loading" not in proc.stderr
+
+
 def test_the_key_is_wanted_on_every_api_route_but_not_the_page(guarded):
     for path in ("/sdapi/v1/sd-models", "/v1/models", "/kandinsky/v1/status"):
         for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):

@@ -57,11 +57,25 @@ def _serve(inpaint_decoder, host, port, api_key, insecure, cors, queue, **load) 
         raise KandinskyError("give --model or --prior/--decoder, not both")
     name = named["model"] or ("custom" if named["prior"] or named["decoder"] else default_name())
     checkpoint = Checkpoint(name, inpaint_decoder=inpaint_decoder, **named)
+    _check_port(host, port)
     server = create_app(ServerConfig([checkpoint], load=load, api_key=api_key, cors=list(cors or []), queue=queue))
     server.state.models.open()  # before listening: a bad checkpoint fails here, in one line
     render.info(f"serving {name} on http://{host}:{port} (the web page at /, AUTOMATIC1111 at /sdapi/v1, OpenAI at "
                 "/v1); Ctrl-C stops")
     uvicorn.run(server, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail in one line, before the models load, when the address is taken or not ours."""
+    import socket
+
+    from kcli.errors import KandinskyError
+
+    try:
+        with socket.create_server((host.strip("[]"), port), family=socket.AF_INET6 if ":" in host else socket.AF_INET):
+            pass
+    except OSError as e:
+        raise KandinskyError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def _signature() -> inspect.Signature:
