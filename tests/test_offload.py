@@ -197,6 +197,7 @@ def test_the_zero_embedding_leaves_nothing_pinned_behind(prior22, decoder22, tmp
     monkeypatch.setattr(PriorStage, "_load_image_encoder",
                         lambda self, load=PriorStage._load_image_encoder: loaded.append(load(self)) or loaded[-1])
     (result,) = k.run(TextToImage("a cat", seed=1, width=64, height=64, steps=1, prior_steps=1))
+    assert result.image.size == (64, 64)
     assert loaded and prior._image is None  # it was loaded, used once, and let go
     assert loaded[0].model not in [s.root for s in placement.streamers]
     assert placement.pinned_bytes == at_rest and len(locks.locked) == 4
