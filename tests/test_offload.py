@@ -2,6 +2,7 @@
 results are unchanged, the next block is prefetched, at most two blocks' weights are on the device (measured with
 the tracker on the full-size models), pinned host memory is the weights' size and is given back on release."""
 
+import weakref
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from kcli.models.unet import load_unet
 from kcli.pipelines.memtrack import DeviceMemory
-from kcli.pipelines.offload import HostPins, ModelOffload, Streamer, _tensors
+from kcli.pipelines.offload import HostPins, ModelOffload, NoStreams, Streamer, _tensors
 from kcli.pipelines.placement import Placement
 
 CONFIGS = Path(__file__).parent / "data" / "configs"
@@ -75,6 +76,60 @@ def test_streamer_puts_each_block_on_the_device_for_its_forward_only(decoder22):
 
 
 MODELS = ["unet", "prior", "movq decode", "movq encode", "text encoder", "image encoder"]
+
+
+class StreamLog(NoStreams):
+    """Records what CUDA streams would be told: copies done (events), the compute waiting for one, and the
+    copy stream waiting for the compute before copies are dropped (release)."""
+
+    def __init__(self):
+        self.log, self.events = [], 0
+
+    def copied(self):
+        self.events += 1
+        return self.events
+
+    def use(self, event):
+        self.log.append(("use", event))
+
+    def release(self):
+        self.log.append(("release",))
+
+
+def test_copies_are_waited_for_before_use_and_dropped_only_after_the_compute_is_ordered_before_reuse(decoder22):
+    """The ordering that makes CUDA streaming safe without record_stream: a block runs only after waiting for its
+    copy's event, and a copy's memory goes back only after the copy stream was told to wait for the compute that
+    read it (the next copy, which may reuse it, is queued after that wait)."""
+    log = StreamLog()
+
+    class Watched(Streamer):
+        def _load(self, block):
+            copy = super()._load(block)
+            weakref.finalize(copy.slab.untyped_storage(), log.log.append, ("freed", copy.event))
+            return copy
+
+    unet = load_unet(decoder22 / "unet")
+    streamer = Watched(unet, torch.device("cpu"), streams=log)
+    for block in streamer.blocks:
+        block.register_forward_pre_hook(lambda b, a: log.log.append(("run", streamer._running[b].event)))
+        block.register_forward_hook(lambda b, a, o: log.log.append(("done", streamer._running[b].event)),
+                                    prepend=True)  # before the streamer lets go of the copy
+    with torch.no_grad():
+        for _ in range(3):
+            unet(torch.randn(2, 4, 8, 8), torch.tensor(500), torch.randn(2, 32))
+    streamer.evict()
+    entries = log.log
+    runs = [i for i, e in enumerate(entries) if e[0] == "run"]
+    assert runs and len(runs) % 3 == 0  # three passes
+    for i in runs:  # the last wait before a block runs is for that block's copy
+        assert next(e for e in reversed(entries[:i]) if e[0] == "use") == ("use", entries[i][1])
+    freed = [i for i, e in enumerate(entries) if e[0] == "freed"]
+    assert len(freed) == streamer.loads  # every copy was dropped: none is kept beyond its use
+    for i in freed:
+        event = entries[i][1]
+        done = [j for j, e in enumerate(entries[:i]) if e == ("done", event)]
+        if done:  # used: a release between its compute and its memory going back
+            assert any(e == ("release",) for e in entries[done[-1]:i]), event
 
 
 def _meta_model(name: str):

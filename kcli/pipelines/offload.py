@@ -114,7 +114,7 @@ def streams_for(device: torch.device) -> NoStreams:
 # ---- pinned host memory -------------------------------------------------------------------------------------
 
 def _cuda_register(ptr: int, size: int) -> bool:
-    return int(torch.cuda.cudart().cudaHostRegister(ptr, size, 0)) == 0
+    return int(torch.cuda.cudart().cudaHostRegister(ptr, size, 1)) == 0  # 1: cudaHostRegisterPortable
 
 
 def _cuda_unregister(ptr: int) -> None:
