@@ -233,10 +233,11 @@ class Streamer:
         self.root, self.device = root, torch.device(device)
         self.streams = streams if streams is not None else streams_for(self.device)
         owners = _owners(root)
-        inner = {id(m) for m in owners if any(c is not m for c in m.modules() if id(c) in {id(o) for o in owners})}
-        self.blocks = [m for m in owners if id(m) not in inner]
+        ids = {id(m) for m in owners}
+        inner = [m for m in owners if any(c is not m and id(c) in ids for c in m.modules())]
+        self.blocks = [m for m in owners if not any(m is i for i in inner)]
         self._kept: list[tuple[nn.Module, str, torch.Tensor]] = []  # (module, name, home tensor)
-        for module in [root] + [m for m in owners if id(m) in inner]:
+        for module in [root, *inner]:
             for name, t in list(_tensors(module)):
                 if t is not None:
                     self._kept.append((module, name, t))

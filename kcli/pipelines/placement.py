@@ -76,8 +76,8 @@ class Placement:
         return encoder
 
     def release(self, module: nn.Module | None) -> None:
-        """Let go of a model for good: its hooks removed, its device copies dropped, its host memory unpinned
-        (it is left whole in CPU memory, usable as a plain module)."""
+        """Let go of a model for good; its memory returns when the caller drops it. A streamed model loses its
+        hooks and device copies and is unpinned (left whole in CPU memory, usable as a plain module)."""
         streamer = self._streamers.pop(module, None) if module is not None else None
         if streamer is not None:
             streamer.remove()
