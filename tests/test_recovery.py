@@ -146,3 +146,30 @@ def test_a_batch_job_out_of_memory_is_reported_with_the_hint_and_the_next_job_is
     assert "Traceback" not in result.stderr
     made = list((tmp_path / "out").glob("*.png"))
     assert len(made) == 1 and "red-cat" in made[0].name
+
+
+def test_on_a_gpu_the_cache_is_emptied_after_the_failed_stage_let_go_of_its_memory(monkeypatch):
+    """The order that gives the memory back: the failed job's tensors die first, then the cache is emptied
+    (a CUDA placement, with the allocator's call recorded: no GPU needed)."""
+    import weakref
+
+    from kcli.pipelines.placement import recovering
+
+    freed, emptied = [], []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(bool(freed)))
+
+    class Job:
+        placement = Placement("model", torch.device("cuda"))
+
+        @recovering
+        def run(self):
+            yield 1
+            activations = torch.zeros(1000)  # what a stage holds when it runs out of memory
+            weakref.finalize(activations, freed.append, True)
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    job = Job().run()
+    assert next(job) == 1
+    with pytest.raises(OutOfDeviceMemory):
+        next(job)
+    assert emptied == [True]  # once, after the stage's tensors were gone
