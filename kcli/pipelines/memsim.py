@@ -12,8 +12,8 @@ loaders' dtypes and order), the zero-embedding cache and the tokenizers (``confi
 because meta weights cannot move between a host and a device. It has ``Placement``'s interface (attach,
 attach_encoder, on, release) and tells the tracker what is resident:
 offload ``none`` holds every model from its load until it is freed; ``model`` holds a stage's models inside
-``on``; ``sequential`` runs the real ``Streamer``, whose per-block copies are the device allocations, and holds
-each root's own small tensors, which the streamer keeps on the device.
+``on``; ``sequential`` runs the real ``Streamer``, whose per-block copies are the device allocations (dropped, as
+``Placement`` drops them, when a stage ends), and holds the small tensors the streamer keeps on the device.
 """
 
 from __future__ import annotations
