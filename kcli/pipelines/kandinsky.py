@@ -32,7 +32,7 @@ from kcli.pipelines.devices import resolve_device, resolve_dtype
 from kcli.pipelines.events import Relay
 from kcli.pipelines.memory import choose_memory
 from kcli.pipelines.modes import recipe
-from kcli.pipelines.placement import Offload, Placement
+from kcli.pipelines.placement import Offload, Placement, recovering
 from kcli.pipelines.prior import PriorStage
 from kcli.pipelines.requests import Request
 from kcli.pipelines.settings import Loading, record
@@ -140,8 +140,10 @@ class Kandinsky:
 
     # ---- running ------------------------------------------------------------------------------------------
 
+    @recovering
     def run(self, request: Request, events=None) -> Iterator[Result]:
-        """One ``Result`` per image of ``request``, each as soon as it is done."""
+        """One ``Result`` per image of ``request``, each as soon as it is done. Out of device memory, it ends
+        with ``OutOfDeviceMemory`` (images made before it were yielded) and the next request can run."""
         events = Relay(events) if events is not None else self.events
         request.check()
         if request.seed is None:
