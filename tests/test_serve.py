@@ -193,7 +193,9 @@ def test_progress_then_interrupt_stops_the_running_job(server):
                                                   "height": 64}).status_code == 200
 
 
-def test_png_info_models_and_options(server):
+def test_png_info_models_and_options_and_no_cors_by_default(server):
+    assert "access-control-allow-origin" not in server.get("/v1/models", headers={"Origin": "http://a.example"}).headers
+
     made = server.post("/kandinsky/v1/generate", {"prompt": "info", "seed": 9, "steps": 1, "prior_steps": 1,
                                                   "width": 64, "height": 64}).json()
     info = server.post("/sdapi/v1/png-info", {"image": made["images"][0]["png"]}).json()

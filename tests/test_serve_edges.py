@@ -15,6 +15,7 @@ from serving import Server
 from test_cli import one_line_error, run
 
 KEY = "s3cret-key"
+EDITOR = "http://editor.example"  # the one origin the guarded server allows
 TINY = {"steps": 1, "prior_steps": 1, "width": 64, "height": 64}
 
 
@@ -23,7 +24,7 @@ def guarded(prior22, decoder22, inpaint22, tmp_path_factory):
     """Listening on every address, so with a key; one job may wait; pictures over 0.1 megapixels refused."""
     env = {"KANDINSKY_HOME": str(tmp_path_factory.getbasetemp() / "kandinsky-home"), "KANDINSKY_MAX_PIXELS": "100000"}
     with Server("--prior", prior22, "--decoder", decoder22, "--inpaint-decoder", inpaint22, "--api-key", KEY,
-                "--queue", 1, host="0.0.0.0", key=KEY, env=env) as s:
+                "--queue", 1, "--cors", EDITOR, host="0.0.0.0", key=KEY, env=env) as s:
         yield s
 
 
@@ -60,6 +61,21 @@ def test_the_key_is_wanted_on_every_api_route_but_not_the_page(guarded):
         assert guarded.get(path).status_code == 200
     page = guarded.get("/", headers={"Authorization": ""})
     assert page.status_code == 200 and "<html" in page.text.lower()
+
+
+def test_cors_allows_only_the_origin_given(guarded):
+    import requests
+
+    def preflight(origin):
+        return requests.options(guarded.url + "/sdapi/v1/txt2img", timeout=30, headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type"})
+
+    allowed = preflight(EDITOR)
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == EDITOR
+    assert "access-control-allow-origin" not in preflight("http://elsewhere.example").headers
+    answer = guarded.get("/v1/models", headers={"Origin": EDITOR})
+    assert answer.headers["access-control-allow-origin"] == EDITOR
 
 
 def test_a_full_queue_answers_503_and_the_queue_goes_on(guarded):
