@@ -161,13 +161,25 @@ def test_verify_catches_a_corrupt_cached_file_and_pull_fetches_it_again(server, 
 
     proc = kandinsky("models", "verify", "tiny")
     assert one_line_error(proc) == (
-        f"error: 1 of {served_files(server)} files of model tiny are missing or damaged (1 failed verification "
-        "and were removed): run `kandinsky models pull tiny` to fetch them again")
+        f"error: 1 of {served_files(server)} files of model tiny is damaged (1 failed verification and was "
+        "removed): run `kandinsky models pull tiny` to fetch them again")
     assert f"FAILED {repo.id}/{name}: sha256 " in proc.stderr
     server.requests.clear()
     assert kandinsky("models", "pull", "tiny").returncode == 0
     assert [r.path.rsplit("/", 2)[-2:] for r in server.downloads()] == [["movq", "diffusion_pytorch_model.safetensors"]]
     assert kandinsky("models", "verify", "tiny").returncode == 0
+
+
+def test_verify_says_files_were_removed_only_when_some_were(server, env):
+    download.fetch(tiny_repos(), what="model tiny")
+    repo = server.tiny["prior"]
+    name = "text_encoder/config.json"
+    for path in (download.repo_folder(repo.id) / "snapshots").glob(f"*/{name}"):
+        path.unlink()  # a missing file: nothing to remove
+    proc = kandinsky("models", "verify", "tiny")
+    assert one_line_error(proc) == (f"error: 1 of {served_files(server)} files of model tiny is missing: run "
+                                    "`kandinsky models pull tiny` to fetch them again")
+    assert "removed" not in proc.stderr
 
 
 def test_a_truncated_cached_file_is_refused_offline_and_refetched_online(server, env):

@@ -6,12 +6,37 @@ Human output goes to stderr, so stdout stays free for what scripts read (paths, 
 from __future__ import annotations
 
 import functools
+import unicodedata
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _markup_escape
 from rich.table import Table
 
 from kcli.pipelines.store import human_size  # noqa: F401 (sizes are shown by several commands)
+
+
+BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")  # text direction overrides
+
+
+def printable(text) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences, carriage returns, bells, C1 codes)
+    and text direction overrides shown as ``\\x1b``-style escapes; newlines and tabs kept. Everything printed
+    that comes from outside (prompts, metadata of images, hub listings, file names) goes through here."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c in "\n\t" or (unicodedata.category(c) != "Cc" and c not in BIDI):
+            out.append(c)
+        else:
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+    return "".join(out)
+
+
+def escape(text) -> str:
+    """Text for Rich: control characters made visible (``printable``), then markup escaped."""
+    return _markup_escape(printable(text))
 
 
 @functools.cache
@@ -56,10 +81,11 @@ def summary(outcomes) -> None:
     t = Table("line", "prompt", "status", "output", "s", title="batch", box=None, pad_edge=False,
               header_style="bold", title_justify="left")
     colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
+    t.columns[3].overflow = "fold"  # an error is printed whole, wrapped, never cut
     for o in outcomes:
-        where = ", ".join(p.name for p in o.paths) if o.paths else (o.error or "")
+        where = _short(", ".join(p.name for p in o.paths), 60) if o.paths else (o.error or "")
         t.add_row(str(o.job.line), escape(_short(o.job.prompt or "", 40)), f"[{colour[o.status]}]{o.status}[/]",
-                  escape(_short(where, 60)), f"{o.seconds:.1f}")
+                  escape(where), f"{o.seconds:.1f}")
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
     err_console().print(t)
     err_console().print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)

@@ -13,12 +13,15 @@ from torch import nn
 
 from kcli.loading.errors import CheckpointError
 from kcli.loading.weights import load_module
+from kcli.models.vision import hide_broken_torchvision
 
 MAX_TOKENS = 77
 
 
 def _quiet_transformers() -> None:
-    """transformers draws its own progress bars and warnings; the CLI draws ours."""
+    """transformers draws its own progress bars and warnings; the CLI draws ours. (First, a torchvision that
+    cannot be imported is hidden from it: ``kcli.models.vision``.)"""
+    hide_broken_torchvision()
     from transformers.utils import logging
 
     logging.set_verbosity_error()
@@ -42,6 +45,7 @@ def _load(what: str, folder: Path, loader):
 def text_model(config: dict):
     """``CLIPTextModelWithProjection`` built from a ``text_encoder/config.json`` dict, on the current device
     (the caller builds on ``meta`` and assigns the weights)."""
+    hide_broken_torchvision()
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     cfg = CLIPTextConfig.from_dict(_plain(config))
@@ -51,6 +55,7 @@ def text_model(config: dict):
 
 def vision_model(config: dict):
     """``CLIPVisionModelWithProjection`` built from an ``image_encoder/config.json`` dict (see text_model)."""
+    hide_broken_torchvision()
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     cfg = CLIPVisionConfig.from_dict(_plain(config))

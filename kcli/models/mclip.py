@@ -17,11 +17,13 @@ from torch import nn
 from kcli.loading.errors import CheckpointError
 from kcli.loading.weights import assign_weights, find_weights, read_config, read_tensors
 from kcli.models.clip import MAX_TOKENS, _load
+from kcli.models.vision import hide_broken_torchvision
 
 
 class MCLIP(nn.Module):
     def __init__(self, config):
         super().__init__()
+        hide_broken_torchvision()
         from transformers import XLMRobertaModel
 
         self.transformer = XLMRobertaModel(config)
@@ -34,6 +36,7 @@ class MCLIP(nn.Module):
 
 
 def _config(d: dict):
+    hide_broken_torchvision()
     from transformers import XLMRobertaConfig
 
     missing = [k for k in ("numDims", "transformerDimensions", "hidden_size") if k not in d]
@@ -55,6 +58,7 @@ class MCLIPText(nn.Module):
 
     @classmethod
     def load(cls, decoder_dir: Path, *, dtype=None, device="cpu") -> MCLIPText:
+        hide_broken_torchvision()
         from transformers import XLMRobertaTokenizerFast
 
         folder = Path(decoder_dir) / "text_encoder"
