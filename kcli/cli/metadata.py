@@ -64,44 +64,47 @@ def png_text(path: Path) -> dict[str, str] | None:
     """The text chunks of a PNG file (tEXt, zTXt, iTXt), read by walking its chunks and seeking past the
     pixel data, which is never decoded (a picture of 10^10 pixels reads as fast as any); None when ``path``
     is not a PNG file. Oversized or malformed chunks are skipped."""
-    import struct
-    import zlib
-
     try:
-        stream = open(path, "rb")
+        with open(path, "rb") as stream:
+            return _walk(stream)
     except FileNotFoundError:
         raise KandinskyError(f"{path} does not exist") from None
     except IsADirectoryError:
         raise KandinskyError(f"{path} is a folder, not an image") from None
     except OSError as e:
         raise KandinskyError(f"{path} cannot be read ({e.strerror or e})") from None
+
+
+def _walk(stream) -> dict[str, str] | None:
+    import struct
+    import zlib
+
+    if stream.read(8) != PNG_SIGNATURE:
+        return None
     texts = {}
-    with stream:
-        if stream.read(8) != PNG_SIGNATURE:
-            return None
-        while len(head := stream.read(8)) == 8:
-            length, kind = struct.unpack(">I4s", head)
-            if kind == b"IEND":
-                break
-            if kind not in (b"tEXt", b"zTXt", b"iTXt") or length > MAX_TEXT:
-                stream.seek(length + 4, 1)  # the data and its CRC
-                continue
-            data = stream.read(length)
-            stream.seek(4, 1)
-            key, _, rest = data.partition(b"\0")
-            try:
-                if kind == b"tEXt":
-                    value = rest.decode("latin-1")
-                elif kind == b"zTXt":
-                    value = _inflate(rest[1:]).decode("latin-1")
-                else:  # iTXt: compressed?, method, language\0, translated key\0, text
-                    compressed, rest = rest[:1] == b"\1", rest[2:]
-                    _, _, rest = rest.partition(b"\0")
-                    _, _, rest = rest.partition(b"\0")
-                    value = (_inflate(rest) if compressed else rest).decode("utf-8", "replace")
-            except (zlib.error, ValueError):
-                continue
-            texts.setdefault(key.decode("latin-1"), value)
+    while len(head := stream.read(8)) == 8:
+        length, kind = struct.unpack(">I4s", head)
+        if kind == b"IEND":
+            break
+        if kind not in (b"tEXt", b"zTXt", b"iTXt") or length > MAX_TEXT:
+            stream.seek(length + 4, 1)  # the data and its CRC
+            continue
+        data = stream.read(length)
+        stream.seek(4, 1)
+        key, _, rest = data.partition(b"\0")
+        try:
+            if kind == b"tEXt":
+                value = rest.decode("latin-1")
+            elif kind == b"zTXt":
+                value = _inflate(rest[1:]).decode("latin-1")
+            else:  # iTXt: compressed?, method, language\0, translated key\0, text
+                compressed, rest = rest[:1] == b"\1", rest[2:]
+                _, _, rest = rest.partition(b"\0")
+                _, _, rest = rest.partition(b"\0")
+                value = (_inflate(rest) if compressed else rest).decode("utf-8", "replace")
+        except (zlib.error, ValueError):
+            continue
+        texts.setdefault(key.decode("latin-1"), value)
     return texts
 
 

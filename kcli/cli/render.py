@@ -14,7 +14,6 @@ from rich.table import Table
 
 from kcli.pipelines.store import human_size  # noqa: F401 (sizes are shown by several commands)
 
-
 BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")  # text direction overrides
 
 
@@ -78,14 +77,14 @@ def error(message: str) -> None:
 
 def summary(outcomes) -> None:
     """The end of a batch: one row per job."""
-    t = Table("line", "prompt", "status", "output", "s", title="batch", box=None, pad_edge=False,
+    t = Table("line", "prompt", "status", "s", "output", title="batch", box=None, pad_edge=False,
               header_style="bold", title_justify="left")
     colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
-    t.columns[3].overflow = "fold"  # an error is printed whole, wrapped, never cut
+    t.columns[4].overflow = "fold"  # the last column: an error is printed whole, wrapped, never cut
     for o in outcomes:
         where = _short(", ".join(p.name for p in o.paths), 60) if o.paths else (o.error or "")
         t.add_row(str(o.job.line), escape(_short(o.job.prompt or "", 40)), f"[{colour[o.status]}]{o.status}[/]",
-                  escape(where), f"{o.seconds:.1f}")
+                  f"{o.seconds:.1f}", escape(where))
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
     err_console().print(t)
     err_console().print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)
@@ -99,17 +98,24 @@ def key_values(title: str, rows: list[tuple[str, str]]) -> None:
 
 
 def metadata_table(path, meta: dict) -> None:
-    s = meta.get("settings", {})
+    """How an image was made. The metadata is text anyone can edit: a section or value of another type is
+    shown as it is, never trusted to be what kandinsky writes."""
+    def section(name) -> dict:
+        value = meta.get(name)
+        return value if isinstance(value, dict) else {}
+
+    s = section("settings")
     rows = [("prompt", s.get("prompt", "")), ("negative", s.get("negative") or "-"), ("mode", meta.get("mode")),
             ("seed", s.get("seed")), ("size", f"{s.get('width')}x{s.get('height')}"),
             ("decoder", f"{s.get('steps')} steps, guidance {s.get('guidance')}, sampler {meta.get('sampler')}"),
             ("prior", f"{s.get('prior_steps')} steps, guidance {s.get('prior_guidance')}"),
-            ("model", f"{meta.get('model')} ({meta.get('checkpoints', {}).get('version', '?')})"),
+            ("model", f"{meta.get('model')} ({section('checkpoints').get('version', '?')})"),
             ("device", f"{meta.get('device')} {meta.get('dtype')}, offload {meta.get('offload')}")]
-    rows += [(k, v) for k, v in meta.get("inputs", {}).items()]
-    if meta.get("timings"):
-        rows.append(("timings", ", ".join(f"{k} {v:.1f}s" for k, v in meta["timings"].items())))
-    rows.append(("made by", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())))
+    rows += [(k, v) for k, v in section("inputs").items()]
+    if section("timings"):
+        rows.append(("timings", ", ".join(f"{k} {v:.1f}s" if isinstance(v, (int, float)) else f"{k} {v}"
+                                          for k, v in section("timings").items())))
+    rows.append(("made by", ", ".join(f"{k} {v}" for k, v in section("versions").items())))
     key_values(str(path), rows)
 
 
