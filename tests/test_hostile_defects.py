@@ -12,7 +12,7 @@ import sys
 import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from test_cli import one_line_error, run
+from test_cli import run
 from typer.testing import CliRunner
 
 from kcli.cli import app, metadata
@@ -128,7 +128,7 @@ def test_resume_does_not_skip_a_job_made_by_another_model(made, prior22, decoder
     from kcli.cli.resume import Index
     from kcli.pipelines import TextToImage
 
-    path, meta = made
+    path, _ = made
     shutil.copy(path, tmp_path / "cat.png")
     index = Index(tmp_path)
     request = TextToImage("a cat", seed=3, steps=2, prior_steps=2, width=64, height=64)

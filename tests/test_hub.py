@@ -269,6 +269,32 @@ def test_info_and_path(server, env):
 # ---- end to end ----------------------------------------------------------------------------------------
 
 
+def test_a_weight_tampered_with_its_mtime_kept_gives_no_nan_image_but_a_line_pointing_at_verify(server, env,
+                                                                                                 tmp_path):
+    """The mtime check cannot see a file rewritten with its old mtime; the decoder's NaN still ends the job."""
+    from safetensors.torch import load_file, save_file
+
+    download.fetch(tiny_repos(), what="model tiny")
+    repo = server.tiny["decoder"]
+    name = "movq/diffusion_pytorch_model.safetensors"
+    snapshot_file = download.repo_folder(repo.id) / "snapshots" / repo.commit / name
+    stat = snapshot_file.stat()
+    tensors = load_file(snapshot_file)
+    key = next(k for k in sorted(tensors) if k.startswith("decoder.conv_out") and k.endswith("weight"))
+    tensors[key].fill_(float("nan"))
+    save_file(tensors, snapshot_file.resolve(), metadata={"format": "pt"})
+    os.utime(snapshot_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert snapshot_file.stat().st_size == stat.st_size
+
+    proc = kandinsky("generate", "x", "--model", "tiny", "--offline", "--steps", 2, "--prior-steps", 2, "-W", 64,
+                     "-H", 64, "-o", tmp_path / "x.png", env=env)
+    assert one_line_error(proc) == ("error: the decoded image holds NaN or infinite values: a weight file is "
+                                    "probably damaged: run `kandinsky models verify tiny` (it removes damaged "
+                                    "files; pull fetches them again)")
+    assert not (tmp_path / "x.png").exists()
+    assert f"FAILED {repo.id}/{name}: sha256 " in kandinsky("models", "verify", "tiny").stderr
+
+
 def test_generate_from_hub_ids_end_to_end_then_offline_with_the_server_stopped(server, env, tmp_path):
     server.add("someone/tiny-prior", server.tiny["prior"].files["model_index.json"].source.parent)
     server.add("someone/tiny-decoder", server.tiny["decoder"].files["model_index.json"].source.parent)
