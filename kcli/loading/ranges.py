@@ -84,3 +84,18 @@ def in_file(path) -> Iterator[None]:
         if str(e).startswith(str(path)):
             raise
         raise CheckpointError(f"{path}: {e}") from None
+
+
+@contextmanager
+def buildable() -> Iterator[None]:
+    """Building a module from a config whose values are each in range but do not fit together (heads that do
+    not divide the width, a group count that does not divide the channels ...): the constructors' own error,
+    in one line, as the config's fault."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- torch and transformers raise ValueError, TypeError, their own ...
+        text = str(e).strip()
+        first = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+        raise CheckpointError(f"the config does not describe a model that can be built ({first[:300]})") from None

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kcli.loading.errors import CheckpointError
-from kcli.loading.ranges import check, count, in_file, real
+from kcli.loading.ranges import buildable, check, count, in_file, real
 from kcli.loading.weights import assign_weights, find_weights, read_config, read_tensors
 from kcli.models.clip import MAX_TOKENS, _load
 from kcli.models.vision import hide_broken_torchvision
@@ -73,10 +73,10 @@ class MCLIPText(nn.Module):
 
         folder = Path(decoder_dir) / "text_encoder"
         tokenizer = _load("XLM-R tokenizer", Path(decoder_dir) / "tokenizer", XLMRobertaTokenizerFast.from_pretrained)
-        with in_file(folder / "config.json"):
+        with in_file(folder / "config.json"), buildable():
             config = _config(read_config(folder))
-        with torch.device("meta"):
-            model = MCLIP(config)
+            with torch.device("meta"):
+                model = MCLIP(config)
         weights = find_weights(folder)
         return cls(tokenizer, assign_weights(model, read_tensors(weights, dtype, device), source=weights))
 
