@@ -205,9 +205,9 @@ JOB_KEYS = ["prompt", "negative", "seed", "width", "height", "steps", "prior_ste
 
 def text_line(rng: random.Random) -> bytes:
     return rng.choice([
-        "a cat".encode(), b"", b"# a comment", b"\xff\xfe\xfd", b"a\x00cat", b"x" * 17000, "猫\u202e".encode(),
+        b"a cat", b"", b"# a comment", b"\xff\xfe\xfd", b"a\x00cat", b"x" * 17000, "猫\u202e".encode(),
         b"\x1b[2J clear", b"{", b"[1, 2]", b'"just a string"', b"{}", b'{"prompt": "\\ud800"}',
-        "a line\rwith a return".encode()])
+        b"a line\rwith a return"])
 
 
 def json_line(rng: random.Random) -> bytes:
