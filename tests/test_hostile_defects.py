@@ -177,6 +177,25 @@ def test_info_reads_a_huge_picture_without_decoding_it(made, tmp_path, monkeypat
     assert error_line(*cli("info", tmp_path / "x.png")[::2]) == f"error: {tmp_path / 'x.png'} is a folder, not an image"
 
 
+@pytest.mark.parametrize("command", ["vary", "inpaint-image", "inpaint-mask", "fuse", "outpaint"])
+def test_a_bomb_given_to_any_command_is_refused_from_its_header(tmp_path_factory, tmp_path, command):
+    bomb = tmp_path_factory.getbasetemp() / "bomb-10000.png"
+    if not bomb.exists():
+        Image.new("L", (10000, 10000)).save(bomb)  # 100 megapixels in a few hundred kB
+    small = tmp_path / "small.png"
+    Image.new("RGB", (64, 64)).save(small)
+    args, what = {
+        "vary": (["vary", bomb], "image"),
+        "inpaint-image": (["inpaint", "a hat", "--image", bomb, "--mask", small], "image"),
+        "inpaint-mask": (["inpaint", "a hat", "--image", small, "--mask", bomb], "mask"),
+        "fuse": (["fuse", "a cat", bomb], "image"),
+        "outpaint": (["outpaint", "more", "--image", bomb, "--expand", "all=64"], "image"),
+    }[command]
+    line = error_line(*cli(*args, "--offline", "-o", tmp_path / "o.png")[::2])
+    assert line.startswith(f"error: {what} {bomb} is 10000x10000, 100 megapixels: above the limit"), line
+    assert not (tmp_path / "o.png").exists()
+
+
 # ---- 6: --from with wrong types ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("edit,named", [
