@@ -24,8 +24,7 @@ def recorded(meta: dict) -> dict:
     values = read_back(meta, ImageToImage)
     if not meta.get("load"):  # made before the load settings were recorded by name
         ckpt = meta.get("checkpoints") if isinstance(meta.get("checkpoints"), dict) else {}
-        values.update({k: ckpt[k] for k in ("prior", "decoder") if ckpt.get(k)})
-        values = {k: v if isinstance(v, str) else read_back({"load": {k: v}})[k] for k, v in values.items()}
+        values.update(read_back({"load": {k: ckpt[k] for k in ("prior", "decoder") if ckpt.get(k)}}))
         if not (ckpt.get("prior") or ckpt.get("decoder")) and meta.get("model") not in (None, "custom"):
             values["model"] = read_back({"load": {"model": meta["model"]}})["model"]
         if meta.get("dtype"):
