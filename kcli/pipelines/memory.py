@@ -117,6 +117,8 @@ def plan_memory(load, device: torch.device, dtype: torch.dtype, prior_dir, decod
     from kcli.pipelines import memplan
     from kcli.pipelines.configured import Configs
 
+    if load.vram is not None:
+        parse_size(load.vram)  # checked on any device, so that a typo never passes silently
     configs = []
 
     def configs_of():
@@ -124,11 +126,18 @@ def plan_memory(load, device: torch.device, dtype: torch.dtype, prior_dir, decod
             configs.append(Configs.from_checkpoints(prior_dir, decoder_dir))
         return configs[0]
 
-    planned = device.type == "cuda" or load.vram is not None
-    make = memplan.planner(configs_of, sizes=sizes or DEFAULT_SIZES, dtype=dtype, batch=batch) if planned else None
-    vram = load.vram if device.type == "cuda" else None  # on the CPU a run keeps its weights in RAM
-    choice = choose_memory(load.memory, device, planner=make, vram=vram, offload=load.offload, tile=load.tile,
-                           compile=load.compile, events=events)
+    planned = device.type == "cuda"  # on the CPU a run keeps its weights in RAM: nothing to plan (nor --vram)
+    sizes = sizes or DEFAULT_SIZES
+
+    def choose(sizes):
+        make = memplan.planner(configs_of, sizes=sizes, dtype=dtype, batch=batch) if planned else None
+        return choose_memory(load.memory, device, planner=make, vram=load.vram if planned else None,
+                             offload=load.offload, tile=load.tile, compile=load.compile, events=events)
+
+    choice = choose(sizes)
+    if choice.plan is not None and not choice.plan.fits and len(set(sizes)) > 1:
+        smallest = min(sizes, key=lambda wh: wh[0] * wh[1])  # the larger jobs then end alone (check_plan)
+        choice = choose([smallest])
     if choice.plan is not None and not choice.plan.fits:
         raise KandinskyError(choice.plan.too_big())
     if choice.plan is not None:

@@ -88,46 +88,52 @@ class Plan:
                 f"{self.free / GiB:.2f} GiB is available: make it smaller")
 
 
-def _key(configs, level: str, tile: bool, width: int, height: int, dtype: torch.dtype, batch: int) -> str:
+def _key(configs, level: str, tile: bool, width: int, height: int, dtype: torch.dtype, batch: int, cold: bool) -> str:
     text = json.dumps({"configs": dataclasses.asdict(configs), "level": level, "tile": tile, "size": [width, height],
-                       "dtype": str(dtype), "batch": batch, "schedule": SCHEDULE, "torch": torch.__version__},
-                      sort_keys=True, default=str)
+                       "dtype": str(dtype), "batch": batch, "cold": cold, "schedule": SCHEDULE,
+                       "torch": torch.__version__}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-_MEMO: dict[str, LevelPeak] = {}
+_MEMO: dict[str, tuple[int, str]] = {}
 
 
-def peaks(configs, level: str, *, size: tuple[int, int], dtype: torch.dtype, tile: bool, batch: int = 1,
-          cached: bool = True) -> LevelPeak:
-    """One level's cold and warm peak (bytes) for ``batch`` images of ``size`` (width, height), from the
-    cache when this run was measured before."""
+def peak(configs, level: str, *, size: tuple[int, int], dtype: torch.dtype, tile: bool, batch: int = 1,
+         cold: bool = True, cached: bool = True) -> tuple[int, str]:
+    """(bytes, stage) of one level's peak for ``batch`` images of ``size`` (width, height), cold or warm, from
+    the cache when this run was measured before."""
     from kcli.loading.cache import home
 
-    key = _key(configs, level, tile, *size, dtype, batch)
+    key = _key(configs, level, tile, *size, dtype, batch, cold)
     if cached and key in _MEMO:
         return _MEMO[key]
     path = home() / "memplan" / f"{key}.json"
     if cached:
         try:
             got = json.loads(path.read_text())
-            _MEMO[key] = LevelPeak(int(got["cold"]), int(got["warm"]))
+            _MEMO[key] = int(got["bytes"]), str(got["stage"])
             return _MEMO[key]
         except (OSError, ValueError, KeyError, TypeError):
             pass  # not measured yet, or a damaged entry: measured again
     from kcli.pipelines.memsim import measure
 
-    found = LevelPeak(*(measure(configs, level, size=size, dtype=dtype, cold=cold, tile=tile, batch=batch).bytes
-                        for cold in (True, False)))
-    _MEMO[key] = found
+    found = measure(configs, level, size=size, dtype=dtype, cold=cold, tile=tile, batch=batch)
+    _MEMO[key] = found.bytes, found.stage
     try:  # best effort and atomic: a read-only cache only costs a measurement next time
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{key}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(found)))
+        tmp.write_text(json.dumps({"bytes": found.bytes, "stage": found.stage}))
         os.replace(tmp, path)
     except OSError:
         pass
-    return found
+    return _MEMO[key]
+
+
+def peaks(configs, level: str, *, size: tuple[int, int], dtype: torch.dtype, tile: bool, batch: int = 1,
+          cached: bool = True) -> LevelPeak:
+    """One level's cold and warm peak (bytes); see ``peak``."""
+    return LevelPeak(*(peak(configs, level, size=size, dtype=dtype, tile=tile, batch=batch, cold=cold,
+                            cached=cached)[0] for cold in (True, False)))
 
 
 def estimate(configs, *, size: int | tuple[int, int], dtype: torch.dtype, levels=ORDER,
@@ -164,15 +170,20 @@ def plan(configs, *, sizes: Sequence[tuple[int, int]], dtype: torch.dtype, free:
         levels = [level]
     tried = None
     for lv in levels:
-        own = _tiles(SETTINGS[lv][1] if tile is None else tile, (width, height), scale)
         measured = lv if offload is None or SETTINGS[lv][0] == offload else OFFLOAD_LEVEL[offload]
+        own = _tiles(SETTINGS[lv][1] if tile is None else tile, (width, height), scale)
         for tiles in dict.fromkeys([own] + ([True] if tile is None and free is not None else [])):
-            found = peaks(configs, measured, size=(width, height), dtype=dtype, tile=tiles, batch=batch)
+            run = {"size": (width, height), "dtype": dtype, "tile": tiles, "batch": batch}
+            cold, stage = peak(configs, measured, cold=True, **run)
             setting = tile if tile is not None else (SETTINGS[lv][1] if tiles == own else tiles)
             tried = Plan(lv, offload or SETTINGS[lv][0], tiles, DTYPE_NAMES.get(dtype, str(dtype)), width, height,
-                         batch, found, free, setting)
-            if tried.fits:
-                return tried
+                         batch, LevelPeak(cold, cold), free, setting)
+            if tried.fits:  # the warm figure only for the plan chosen
+                warm = peak(configs, measured, cold=False, **run)[0]
+                return dataclasses.replace(tried, peak=LevelPeak(cold, warm))
+            if stage != "decode":
+                break  # the peak is elsewhere: tiling the MoVQ cannot make this level fit
+    return tried
     return tried
 
 
