@@ -29,7 +29,7 @@ def plan_run(load: Loading, requests: list[Request]):
     from kcli.pipelines import memplan
     from kcli.pipelines.configured import Configs
     from kcli.pipelines.decoder import grid_step
-    from kcli.pipelines.memory import choose_memory
+    from kcli.pipelines.memory import choose_memory, too_big
 
     model = load.model
     if model is None and load.decoder is None and any(r.hinted for r in requests):
@@ -48,7 +48,7 @@ def plan_run(load: Loading, requests: list[Request]):
     choice = choose_memory(load.memory, device, planner=planner, vram=load.vram, offload=load.offload, tile=load.tile,
                            compile=load.compile)
     if not choice.plan.fits:
-        raise KandinskyError(choice.plan.too_big())
+        raise KandinskyError(too_big(choice))
     return choice
 
 

@@ -57,6 +57,7 @@ class MemoryChoice:
     reason: str
     plan: object | None = None  # memplan.Plan when one was made (a GPU, or --vram)
     replan: Callable | None = None  # (width, height) -> memplan.Plan at this level, for a larger picture
+    compile_fallback: bool = False  # auto picked sequential offload, --compile made it model offload
 
     def describe(self) -> str:
         """One line: ``memory balanced: offload model, whole MoVQ decode (5.1 GB free on ...)``."""
@@ -93,12 +94,13 @@ def choose_memory(level: str, device: torch.device, *, planner: Callable | None 
         reason = f"asked for; {reason}"
     if planner is not None:
         plan = planner(level, free, offload, tile)
-        if compile and level == "auto" and offload is None and plan.offload == "sequential":
+        fallback = compile and level == "auto" and offload is None and plan.offload == "sequential"
+        if fallback:
             plan = planner("balanced", free, "model", tile)
             if events is not None:
                 events.note("--compile does not combine with sequential offload: memory balanced (model offload) "
                             "instead")
-        return MemoryChoice(plan.memory, plan.offload, plan.tile_setting, reason, plan)
+        return MemoryChoice(plan.memory, plan.offload, plan.tile_setting, reason, plan, compile_fallback=fallback)
     if level == "auto":
         level = next((lv for lv, need in NEEDS_GB.items() if free / 2**30 >= need), "min")
         if compile and SETTINGS[level][0] == "sequential" and offload is None:
@@ -139,12 +141,18 @@ def plan_memory(load, device: torch.device, dtype: torch.dtype, prior_dir, decod
         smallest = min(sizes, key=lambda wh: wh[0] * wh[1])  # the larger jobs then end alone (check_plan)
         choice = choose([smallest])
     if choice.plan is not None and not choice.plan.fits:
-        raise KandinskyError(choice.plan.too_big())
+        raise KandinskyError(too_big(choice))
     if choice.plan is not None:
         choice = dataclasses.replace(choice, replan=lambda size: memplan.plan(
             configs_of(), sizes=[size], dtype=dtype, free=choice.plan.free, level=choice.level,
             offload=choice.offload, tile=load.tile, batch=batch))
     return choice
+
+
+def too_big(choice: MemoryChoice) -> str:
+    """The one line for a plan that fits nowhere (needed against available)."""
+    hint = "; --compile needs model offload: without it, sequential offload fits" if choice.compile_fallback else ""
+    return choice.plan.too_big() + hint
 
 
 def check_plan(choice: MemoryChoice | None, size: tuple[int, int]) -> None:

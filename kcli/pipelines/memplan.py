@@ -89,7 +89,8 @@ class Plan:
 
 
 def _key(configs, level: str, tile: bool, width: int, height: int, dtype: torch.dtype, batch: int, cold: bool) -> str:
-    text = json.dumps({"configs": dataclasses.asdict(configs), "level": level, "tile": tile, "size": [width, height],
+    text = json.dumps({"configs": dataclasses.asdict(configs), "offload": SETTINGS[level][0], "tile": tile,
+                       "size": [width, height],
                        "dtype": str(dtype), "batch": batch, "cold": cold, "schedule": SCHEDULE,
                        "torch": torch.__version__}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
