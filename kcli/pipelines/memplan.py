@@ -173,7 +173,9 @@ def plan(configs, *, sizes: Sequence[tuple[int, int]], dtype: torch.dtype, free:
     for lv in levels:
         measured = lv if offload is None or SETTINGS[lv][0] == offload else OFFLOAD_LEVEL[offload]
         own = _tiles(SETTINGS[lv][1] if tile is None else tile, (width, height), scale)
-        for tiles in dict.fromkeys([own] + ([True] if tile is None and free is not None else [])):
+        later = [other for other in levels[levels.index(lv) + 1:] if SETTINGS[other][0] == SETTINGS[lv][0]]
+        tiled = tile is None and free is not None and not later  # low tiled is min: tried as min
+        for tiles in dict.fromkeys([own] + ([True] if tiled else [])):
             run = {"size": (width, height), "dtype": dtype, "tile": tiles, "batch": batch}
             cold, stage = peak(configs, measured, cold=True, **run)
             setting = tile if tile is not None else (SETTINGS[lv][1] if tiles == own else tiles)
