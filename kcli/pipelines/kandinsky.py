@@ -70,6 +70,7 @@ class Kandinsky:
         self._linear_priors: dict = {}
         self.depth_pictures: dict = {}  # (photo sha256, depth model) -> the depth picture estimated from it
         self.memory = None  # memory.MemoryChoice, as open planned it
+        decoder.tile = self.load.tile  # encode in tiles as decode does
         if scorer is not None:
             placement.attach(scorer.clip.model, streamed=False)  # its attention reads weights directly
 
@@ -127,6 +128,7 @@ class Kandinsky:
         self.decoder = None
         self.events.progress("load", 0, 1)
         self.decoder = _load_decoder(folder, self.dtype, self.placement, self.load)
+        self.decoder.tile = self.load.tile
         self.folders["decoder"] = folder
         self.events.progress("load", 1, 1)
 
