@@ -75,8 +75,8 @@ def report(tables: dict[str, list[str]], seconds: float) -> str:
          "agrees with glibc's allocator counts to 0.01% (tests/test_memtrack.py), and the same pipeline run for "
          "real on the CPU (tiny configs) peaks within 0.3% of its meta run, in the same stage (tests/test_memsim.py)."),
         "",
-        ("Reading it: a cold `high` run peaks in the zero embedding, when the CLIP image encoder joins every "
-         "other model; `balanced` is bounded by its largest stage (the image encoder cold, prior + CLIP text "
+        ("Reading it: a cold `high` run peaks in the zero embedding (the CLIP image encoder beside the prior's "
+         "models, before the decoder loads) or in the decode, whichever is larger; `balanced` is bounded by its largest stage (the image encoder cold, prior + CLIP text "
          "warm); `low` and `min` by the MoVQ decode, which runs in fp32 under fp16 (bf16 halves it) and is tiled "
          "from 1024 px on (`low`) or always (`min`); 2.1's `min` by M-CLIP's 250k-token embedding table, streamed "
          "as one block. `--memory auto` must plan for the cold figure."),

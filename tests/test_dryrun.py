@@ -79,12 +79,12 @@ def test_json_is_one_object_with_the_plan_and_no_weight_is_read(full_size, tmp_p
 
 
 def test_text_names_the_level_offload_tiles_and_peaks(full_size):
-    result = cli(full_size, "--vram", "3GiB", "-W", "768", "-H", "512")
+    result = cli(full_size, "--vram", "3GiB", "-W", "1024", "-H", "768")
     assert result.exit_code == 0, result.output
     lines = dict(line.split(":", 1) for line in result.stdout.splitlines())
     assert lines["memory"].split()[0] == "low" and "3.0 GiB given by --vram" in lines["memory"]
     assert lines["offload"].strip() == "sequential" and lines["dtype"].strip() == "fp16"
-    assert lines["size"].split()[0] == "768x512"
+    assert lines["size"].split()[0] == "1024x768" and lines["tile"].split()[0] == "yes"
     assert "GiB cold" in lines["peak"] and "GiB warm" in lines["peak"]
 
 
