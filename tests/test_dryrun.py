@@ -177,3 +177,12 @@ def test_the_zero_embedding_is_made_before_the_decoder_loads(prior22, decoder22,
     k = Kandinsky.open(prior=str(prior22), decoder=str(decoder22), device="cpu")
     assert seen == [1]  # computed and cached before the decoder was loaded
     assert k.prior._image is None  # and the image encoder let go
+
+
+def test_configs_the_models_cannot_take_are_one_line(full_size, tmp_path):
+    broken = tmp_path / "decoder"
+    shutil.copytree(full_size["decoder"], broken)
+    unet = json.loads((broken / "unet" / "config.json").read_text())
+    (broken / "unet" / "config.json").write_text(json.dumps({**unet, "block_out_channels": [384, -768, 1152, 1536]}))
+    result = cli({"prior": full_size["prior"], "decoder": broken}, "--vram", "8GiB")
+    assert "cannot plan GPU memory from these checkpoints' configs" in one_line(result)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kcli.errors import KandinskyError
+import kcli
+from kcli.errors import CheckpointError, KandinskyError
 from kcli.pipelines import tiling
 from kcli.pipelines.memory import SETTINGS
 from kcli.pipelines.memtrack import GiB
@@ -92,7 +93,7 @@ def _key(configs, level: str, tile: bool, width: int, height: int, dtype: torch.
     text = json.dumps({"configs": dataclasses.asdict(configs), "offload": SETTINGS[level][0], "tile": tile,
                        "size": [width, height],
                        "dtype": str(dtype), "batch": batch, "cold": cold, "schedule": SCHEDULE,
-                       "torch": torch.__version__}, sort_keys=True, default=str)
+                       "torch": torch.__version__, "kandinsky": kcli.__version__}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -118,7 +119,13 @@ def peak(configs, level: str, *, size: tuple[int, int], dtype: torch.dtype, tile
             pass  # not measured yet, or a damaged entry: measured again
     from kcli.pipelines.memsim import measure
 
-    found = measure(configs, level, size=size, dtype=dtype, cold=cold, tile=tile, batch=batch)
+    try:
+        found = measure(configs, level, size=size, dtype=dtype, cold=cold, tile=tile, batch=batch)
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:  # a config the models cannot take
+        if isinstance(e, KandinskyError):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"cannot plan GPU memory from these checkpoints' configs: {first}") from None
     _MEMO[key] = found.bytes, found.stage
     try:  # best effort and atomic: a read-only cache only costs a measurement next time
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +193,6 @@ def plan(configs, *, sizes: Sequence[tuple[int, int]], dtype: torch.dtype, free:
                 return dataclasses.replace(tried, peak=LevelPeak(cold, warm))
             if stage != "decode":
                 break  # the peak is elsewhere: tiling the MoVQ cannot make this level fit
-    return tried
     return tried
 
 

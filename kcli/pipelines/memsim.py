@@ -3,8 +3,9 @@
 The real stages and the real ``Kandinsky`` run one text-to-image call, with full-size models built on the
 ``meta`` device from the checkpoints' configs (``configured``), under ``memtrack.DeviceMemory``. So the schedule
 measured is the pipeline's own: which models are resident in which stage, the classifier-free-guidance batch of
-2, the cold zero embedding (the image encoder loaded and run inside the prior stage, with the rest of ``high``'s
-models resident), the decode and its tiling. Steps do not change the peak, so one of each is run.
+2, the cold zero embedding (the image encoder loaded and run right after the prior, before the decoder loads, as
+``Kandinsky.open`` does), the decode and its tiling. Steps do not change the peak, so one of each is run.
+``memplan`` keeps these figures on disk, so a run plans from them in milliseconds after the first time.
 
 What is simulated rather than run: loading (``configured``: the stages are built from meta modules, in the
 loaders' dtypes and order), the zero-embedding cache and the tokenizers (``configured``), and the placement:
