@@ -82,6 +82,7 @@ def build(configs: Configs, level: str, dtype: torch.dtype, device: torch.device
     placement = Placement(offload, device)
     make = random_maker(device, placement.weights_device)
     prior = ConfiguredPrior(configs, dtype, placement, make, cold=True)
+    prior.zero_embed()  # as Kandinsky.open: before the decoder is resident
     decoder = ConfiguredDecoder(configs, dtype, placement, make)
     if compile:
         decoder.unet = torch.compile(decoder.unet)

@@ -181,15 +181,20 @@ def test_each_level_stays_within_its_bound(peaks, run):
 def test_levels_order_by_memory(peaks):
     got = [peaks[(level, 512)].bytes for level in ("high", "balanced", "low", "min")]
     assert got == sorted(got, reverse=True), [g / GiB for g in got]
-    assert got[0] > 2 * got[1]  # high holds every model; balanced one at a time
+    assert got[0] > 1.8 * got[1]  # high holds every model; balanced one at a time
     assert got[2] > 2 * got[3]  # min's tiles shrink the decode (a tile of 512 px saved nothing at 512 px)
 
 
-def test_a_cold_high_run_peaks_with_the_image_encoder_joining_every_model(peaks):
+def test_the_zero_embedding_is_made_before_the_decoder_is_resident(peaks):
     cold = peaks[("high", 512)]
-    assert cold.stage == "zero embed"
-    weights_22_fp16 = (1.25 + 1.03 + 0.69 + 1.84 + 0.07 * 2) * 1e9 * 2  # UNet, prior, CLIP text and image, MoVQ fp32
-    assert cold.bytes > 0.95 * weights_22_fp16
+    gb = 1e9 * 2  # fp16 bytes per billion parameters
+    prior_side = (1.03 + 0.69 + 1.84) * gb  # prior, CLIP text and image encoders
+    every_model = prior_side + (1.25 + 0.07 * 2) * gb  # + the UNet and the MoVQ (fp32)
+    # the image encoder joins the prior's models only: the decoder is not loaded yet
+    assert 0.95 * prior_side < cold.stages["zero embed"] < 1.05 * prior_side, cold.stages
+    # so the cold run no longer holds every model at once (it did: 9.24 GiB, 0.95x every model's weights)
+    assert cold.bytes < 0.8 * every_model, cold.bytes / GiB
+    assert cold.stage == "decode"
 
 
 def test_sequential_offload_holds_at_most_two_blocks_of_weights():

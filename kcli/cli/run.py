@@ -96,6 +96,8 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
         outcomes[j] = Outcome(job, "skipped", paths) if done else None
         if not done:
             todo.append((j, job, request, paths))
+    if output.dry_run:
+        return _dry_run(pick(Loading, resolved), [r for _, _, r, _ in todo], output)
     if not in_batch and resolved.get("seed") is None and todo and not output.quiet:
         render.info(f"seed: {todo[0][2].seed}")
 
@@ -111,11 +113,12 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
 
                 k = Remote(server, api_key=os.environ.get("KANDINSKY_API_KEY"))
             else:
-                from kcli.pipelines import Kandinsky
+                from kcli.pipelines import Kandinsky, planned_size
 
                 k = Kandinsky.open(**dataclasses.asdict(load), events=display,
                                    inpainting=any(r.inpainting for _, _, r, _ in todo),
-                                   hinted=any(r.hinted for _, _, r, _ in todo))
+                                   hinted=any(r.hinted for _, _, r, _ in todo),
+                                   sizes=[planned_size(r) for _, _, r, _ in todo])
             for j, job, request, names in todo:
                 started = time.perf_counter()
                 display.job(j + 1, len(jobs), job.prompt)
@@ -139,6 +142,29 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
         render.summary(ordered)
     if any(o.status == "failed" for o in ordered):
         raise typer.Exit(1)
+
+
+def _dry_run(load: Loading, requests: list[Request], output: Output) -> None:
+    """Print the memory plan (one JSON object with --json) without loading any weights."""
+    import json
+
+    from kcli.pipelines import plan_run
+
+    choice = plan_run(load, requests)
+    plan = choice.plan
+    if output.json:
+        typer.echo(json.dumps(plan.as_json()))
+        return
+    gib = 2**30
+    tiles = "yes (MoVQ decode and encode in tiles)" if plan.tile else "no (whole MoVQ decode)"
+    needs = f"{plan.peak.needs() / gib:.2f} GiB free (cold peak + margin)"
+    rows = {"memory": f"{plan.memory} ({choice.reason})", "offload": plan.offload, "tile": tiles, "dtype": plan.dtype,
+            "size": f"{plan.width}x{plan.height} (the largest planned)",
+            "peak": f"{plan.peak.cold / gib:.2f} GiB cold (first run: the zero-image embedding computed), "
+                    f"{plan.peak.warm / gib:.2f} GiB warm",
+            "needs": needs + (f" of {plan.free / gib:.2f} GiB" if plan.free is not None else "")}
+    for name, value in rows.items():
+        typer.echo(f"{name + ':':9} {value}")
 
 
 def _prepare(resolved: dict, output: Output, job: batch.Job, build: Build, in_batch: bool, index=None):

@@ -105,6 +105,12 @@ def resolve_checkpoints(model: str | None = None, prior: str | None = None, deco
                         inpainting: bool = False, offline: bool = False, progress=None) -> tuple[Path, Path]:
     """The prior and decoder folders for a run. ``--model`` (default: the registry's default, 2.2) supplies
     whichever of ``--prior`` / ``--decoder`` is not given; ``inpainting`` picks the inpainting decoder."""
+    prior, decoder = _named(model, prior, decoder, inpainting)
+    prior_dir, decoder_dir = resolve_many([prior, decoder], offline=offline, progress=progress)
+    return prior_dir, decoder_dir
+
+
+def _named(model: str | None, prior: str | None, decoder: str | None, inpainting: bool) -> tuple[str, str]:
     if model is not None or prior is None or decoder is None:  # two local folders need no registry
         registry = load_registry()
         spec = registry.get(model or registry.default)
@@ -113,5 +119,24 @@ def resolve_checkpoints(model: str | None = None, prior: str | None = None, deco
                                  f"{next(n for n, m in registry.models.items() if m.inpaint)} or --decoder")
         prior = prior or spec.prior.id
         decoder = decoder or (spec.inpaint.id if inpainting else spec.decoder.id)
-    prior_dir, decoder_dir = resolve_many([prior, decoder], offline=offline, progress=progress)
-    return prior_dir, decoder_dir
+    return prior, decoder
+
+
+def config_folders(model: str | None = None, prior: str | None = None, decoder: str | None = None, *,
+                   inpainting: bool = False) -> tuple[Path, Path]:
+    """``resolve_checkpoints`` without a download, for plans that read configs only: local folders as they
+    are, hub repositories from the cache's snapshot (complete or not: its config files are what is read)."""
+    from kcli.loading.snapshots import inspect, repo_folder
+
+    out = []
+    for spec in _named(model, prior, decoder, inpainting):
+        local = _local(spec)
+        if local is None:
+            repo = repo_spec(str(spec))
+            commit = inspect(repo).commit
+            local = repo_folder(repo.id) / "snapshots" / commit if commit else None
+            if local is None or not local.is_dir():
+                raise CheckpointError(f"the configs of {spec} are not in the cache: {pull_hint(owner(repo))} "
+                                      "(or give --prior/--decoder folders)")
+        out.append(local)
+    return out[0], out[1]

@@ -29,11 +29,12 @@ _HEAVY = {  # name -> module, imported on first use
     "Kandinsky": "kcli.pipelines.kandinsky", "Result": "kcli.pipelines.kandinsky",
     "Scorer": "kcli.pipelines.scoring", "fit_linear_prior": "kcli.pipelines.linear_prior",
     "system_report": "kcli.pipelines.system", "clip_model_names": "kcli.pipelines.scoring",
+    "plan_run": "kcli.pipelines.dryrun", "planned_size": "kcli.pipelines.dryrun",
 }
 
 __all__ = ["Events", "Fuse", "ImageToImage", "Inpaint", "Kandinsky", "Loading", "Outpaint", "Output", "Request",
            "Result", "Sampling", "Scorer", "TextToImage", "Vary", "clip_model_names", "fit_linear_prior",
-           "system_report"]
+           "plan_run", "planned_size", "system_report"]
 
 
 def __getattr__(name: str):

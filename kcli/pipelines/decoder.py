@@ -258,11 +258,15 @@ class DecoderStage:
                           after_step=put_back if blend else None)
         return keep * known + (1 - keep) * latents if blend else latents
 
+    tile: bool | None = None  # the MoVQ encode in tiles (None: from the size ``decode`` tiles at); set by the run
+
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> latents on the device; in tiles from the size ``decode`` tiles at
-        (the whole fp32 encode of a 1024 px picture takes 2.5 GiB, in 512 px tiles 0.6)."""
+        """(B, 3, H, W) in [-1, 1] -> latents on the device; in tiles when ``self.tile``, or (None) from the
+        size ``decode`` tiles at (the whole fp32 encode of a 1024 px picture takes 2.5 GiB, in tiles 0.2)."""
         x = pixels.to(self.device)
-        if max(x.shape[-2:]) // self.movq.scale_factor >= tiling.AUTO_TILE_LATENT:
+        tile = self.tile if self.tile is not None else max(x.shape[-2:]) // self.movq.scale_factor >= \
+            tiling.AUTO_TILE_LATENT
+        if tile:
             return tiling.encode(self.movq, x)
         return self.movq.encode(x)
 

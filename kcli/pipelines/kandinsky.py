@@ -30,7 +30,7 @@ from kcli.errors import KandinskyError
 from kcli.pipelines.decoder import DecoderStage, NotFinite, check_decoder_hint
 from kcli.pipelines.devices import resolve_device, resolve_dtype
 from kcli.pipelines.events import Relay
-from kcli.pipelines.memory import choose_memory
+from kcli.pipelines.memory import check_plan, plan_memory
 from kcli.pipelines.modes import recipe
 from kcli.pipelines.placement import Offload, Placement, recovering
 from kcli.pipelines.prior import PriorStage
@@ -69,6 +69,8 @@ class Kandinsky:
         self.folders = {"prior": prior.folder, "decoder": decoder.folder}
         self._linear_priors: dict = {}
         self.depth_pictures: dict = {}  # (photo sha256, depth model) -> the depth picture estimated from it
+        self.memory = None  # memory.MemoryChoice, as open planned it
+        decoder.tile = self.load.tile  # encode in tiles as decode does
         if scorer is not None:
             placement.attach(scorer.clip.model, streamed=False)  # its attention reads weights directly
 
@@ -76,13 +78,15 @@ class Kandinsky:
 
     @classmethod
     def open(cls, model: str | None = None, *, events=None, inpainting: bool = False, hinted: bool | None = None,
-             **settings) -> Kandinsky:
+             sizes: list[tuple[int, int]] | None = None, batch: int = 1, **settings) -> Kandinsky:
         """Open ``model`` (a registry name; ``prior=``/``decoder=`` take folders or hub ids) with the settings
-        of ``Loading`` (device, dtype, memory, offload, offline, compile, tile, scorer, clip_model).
+        of ``Loading`` (device, dtype, memory, vram, offload, offline, compile, tile, scorer, clip_model).
         ``inpainting`` loads the inpainting decoder first (inpaint and outpaint need it; ``run`` swaps
         decoders when a request needs the other one). ``hinted``: whether the requests to come give hint
         pictures; True picks model 2.2-depth when neither a model nor a decoder is named, and either way the
-        decoder is checked against it before any weights load (None: each request is checked when it runs)."""
+        decoder is checked against it before any weights load (None: each request is checked when it runs).
+        ``sizes`` (width, height) and ``batch``: what the memory plan is made for (default 1024x1024); a
+        plan that fits nowhere ends here, before any weights load."""
         if hinted and model is None and settings.get("decoder") is None:
             from kcli.loading.hub import DEPTH_MODEL
 
@@ -91,25 +95,28 @@ class Kandinsky:
         relay = Relay(events)
         device = resolve_device(load.device)
         dtype = resolve_dtype(load.dtype, device)
-        memory = choose_memory(load.memory, device)
+        prior_dir, decoder_dir = _folders(load, inpainting, relay)
+        if hinted is not None:
+            check_decoder_hint(decoder_dir, hinted)
+        memory = plan_memory(load, device, dtype, prior_dir, decoder_dir, sizes, batch, relay)
         if device.type == "cuda" and load.offload is None:
             relay.note(memory.describe())
-        offload = Offload.parse(load.offload or memory.offload)
+        offload = Offload.parse(memory.offload)
         if load.compile and offload is Offload.SEQUENTIAL:  # the streamer's hooks swap weights under the graph
             raise KandinskyError("--compile does not combine with sequential offload")
         if load.tile is None and memory.tile is not None:
             load = dataclasses.replace(load, tile=memory.tile)
         scorer = _open_scorer(load, device, dtype, offload, relay)
-        prior_dir, decoder_dir = _folders(load, inpainting, relay)
-        if hinted is not None:
-            check_decoder_hint(decoder_dir, hinted)
         placement = Placement(offload, device)
         relay.progress("load", 0, 2)
         prior = PriorStage.load(prior_dir, dtype=dtype, placement=placement)
+        prior.zero_embed()  # made (once per checkpoint) before the decoder is resident: cold `high` 9.2 -> 6.8 GiB
         relay.progress("load", 1, 2)
         decoder = _load_decoder(decoder_dir, dtype, placement, load)
         relay.progress("load", 2, 2)
-        return cls(prior, decoder, placement, dtype, load, scorer, events)
+        k = cls(prior, decoder, placement, dtype, load, scorer, events)
+        k.memory = memory
+        return k
 
     def _decoder_for(self, request: Request) -> None:
         """Swap in the decoder a request needs (the inpainting one, or not) when the model names one."""
@@ -121,6 +128,7 @@ class Kandinsky:
         self.decoder = None
         self.events.progress("load", 0, 1)
         self.decoder = _load_decoder(folder, self.dtype, self.placement, self.load)
+        self.decoder.tile = self.load.tile
         self.folders["decoder"] = folder
         self.events.progress("load", 1, 1)
 
@@ -153,6 +161,7 @@ class Kandinsky:
         # the step counts this checkpoint's schedules can take, before any work
         decoder_sampler(self.decoder.scheduler_config, request.sampler).timesteps(request.steps)
         how = recipe(self, request, events)
+        check_plan(self.memory, (how.size.gen_width, how.size.gen_height))  # before any work
         if how.size.note():
             events.note(how.size.note())
         request, n = how.request, request.best_of

@@ -3,8 +3,9 @@
 The real stages and the real ``Kandinsky`` run one text-to-image call, with full-size models built on the
 ``meta`` device from the checkpoints' configs (``configured``), under ``memtrack.DeviceMemory``. So the schedule
 measured is the pipeline's own: which models are resident in which stage, the classifier-free-guidance batch of
-2, the cold zero embedding (the image encoder loaded and run inside the prior stage, with the rest of ``high``'s
-models resident), the decode and its tiling. Steps do not change the peak, so one of each is run.
+2, the cold zero embedding (the image encoder loaded and run right after the prior, before the decoder loads, as
+``Kandinsky.open`` does), the decode and its tiling. Steps do not change the peak, so one of each is run.
+``memplan`` keeps these figures on disk, so a run plans from them in milliseconds after the first time.
 
 What is simulated rather than run: loading (``configured``: the stages are built from meta modules, in the
 loaders' dtypes and order), the zero-embedding cache and the tokenizers (``configured``), and the placement:
@@ -34,9 +35,7 @@ from kcli.pipelines.requests import TextToImage
 from kcli.pipelines.settings import Loading
 
 META = torch.device("meta")
-# memory level -> (offload, MoVQ tiling), as memory.plan sets them for a GPU (no GPU is asked: the level is given)
-LEVELS = {level: (c.offload, c.tile) for level in memory.LEVELS[1:]
-          for c in [memory.choose_memory(level, torch.device("cuda"))]}
+LEVELS = memory.SETTINGS  # memory level -> (offload, MoVQ tiling): what each level sets
 
 
 def _maker(mem: DeviceMemory):
@@ -138,15 +137,17 @@ class Peak:
     stages: dict[str, int]  # the peak of each of them
 
 
-def measure(configs: Configs, level: str, *, size: int = 512, dtype: torch.dtype = torch.float16,
-            cold: bool = True, tile: bool | None = None, zero_embed_first: bool = False,
+def measure(configs: Configs, level: str, *, size: int | tuple[int, int] = 512, dtype: torch.dtype = torch.float16,
+            cold: bool = True, tile: bool | None = None, batch: int = 1,
             device: str | torch.device = META) -> Peak:
-    """Peak device bytes of one ``size``x``size`` text-to-image call at ``level`` (``tile`` overrides the level's).
+    """Peak device bytes of one text-to-image call at ``level`` (``tile`` overrides the level's) making
+    ``batch`` images of ``size`` pixels (a side, or (width, height); on the model's grid).
 
-    ``zero_embed_first`` measures a schedule the pipeline does not have yet: a cold zero embedding made
-    right after the prior loads, before the decoder does. ``device`` "cpu" runs it for real (tiny configs
-    only: it checks that the meta run measures what a real one does).
+    The schedule is ``Kandinsky.open``'s: the zero embedding (cold: computed) right after the prior loads,
+    before the decoder does. ``device`` "cpu" runs it for real (tiny configs only: it checks that the meta
+    run measures what a real one does).
     """
+    width, height = (size, size) if isinstance(size, int) else size
     offload, level_tile = LEVELS[level]
     mem = DeviceMemory(device)
     placement = SimPlacement(offload, mem)
@@ -158,11 +159,12 @@ def measure(configs: Configs, level: str, *, size: int = 512, dtype: torch.dtype
 
         make = _maker(mem)
         prior = ConfiguredPrior(configs, dtype, placement, make, cold, on_stage=label)
-        if zero_embed_first:
-            prior.zero_embed()
+        prior.zero_embed()  # as Kandinsky.open: before the decoder is resident
+        mem.label = "load"
         decoder = ConfiguredDecoder(configs, dtype, placement, make, on_stage=label)
         k = Kandinsky(prior, decoder, placement, dtype, Loading(tile=tile if tile is not None else level_tile))
-        for _ in k.run(TextToImage("x", seed=0, width=size, height=size, steps=1, prior_steps=1)):
+        request = TextToImage("x", seed=0, width=width, height=height, steps=1, prior_steps=1, num_images=batch)
+        for _ in k.run(request):
             pass
         placement.close()
     return Peak(mem.peak, mem.peak_label, dict(mem.peaks))

@@ -98,6 +98,9 @@ class Loading:
                                 recorded=True)
     memory: str = setting("auto", "GPU memory use: auto (from free memory), high, balanced, low, min. Sets "
                           "offload and tiling.", panel=DEVICE)
+    vram: str | None = setting(None, "Plan for a GPU with this much free memory (e.g. 8GiB, 8G, 8000MB), with or "
+                               "without one here (with --dry-run on a CPU: the plan for a CUDA device).",
+                               panel=DEVICE, commands=GENERATING)
     offload: str | None = setting(None, "none, model (one model on the GPU at a time) or sequential (weights "
                                   "streamed block by block). Overrides --memory.", panel=DEVICE)
     tile: bool | None = setting(None, "Decode in tiles (default: only large pictures).", panel=DEVICE)
@@ -154,8 +157,11 @@ class Output:
     name: str = setting("{date}-{slug}-{seed}", "File name template in a folder: {fields}.", panel=OUTPUT,
                         job=True)
     overwrite: bool = setting(False, "Replace existing files.", panel=OUTPUT)
-    json: bool = setting(False, "One JSON object per image on stdout (path, seed, timings).", panel=OUTPUT,
-                         file=False)
+    json: bool = setting(False, "One JSON object per image on stdout (path, seed, timings); with --dry-run, the "
+                         "plan's.", panel=OUTPUT, file=False)
+    dry_run: bool = setting(False, "Plan without loading any weights: print the memory level, offload, tiling and "
+                            "estimated peak GPU memory (cold and warm), then stop.", panel=OUTPUT, file=False,
+                            commands=GENERATING)
     quiet: bool = setting(False, "Only errors; saved paths still go to stdout.", short="-q", panel=OUTPUT)
     server: str | None = setting(None, "Send the jobs to a running `kandinsky serve` at this URL (or "
                                  "KANDINSKY_SERVER; its key in KANDINSKY_API_KEY) instead of loading a model here.",

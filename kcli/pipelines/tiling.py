@@ -75,6 +75,63 @@ def decode(movq, z: torch.Tensor, tile: int = 32, overlap: int = 8) -> torch.Ten
     return tiled(fine, both, movq.scale_factor / r, tile * r, overlap * r).to(z.dtype)
 
 
-def encode(movq, x: torch.Tensor, tile: int = 512, overlap: int = 128) -> torch.Tensor:
-    """``movq.encode`` in tiles of ``tile`` pixels (multiples of the MoVQ factor)."""
-    return tiled(movq.encode, x, 1 / movq.scale_factor, tile, overlap).to(x.dtype)
+def encode(movq, x: torch.Tensor, tile: int = 256, overlap: int = 128) -> torch.Tensor:
+    """``movq.encode`` with its high-resolution part in tiles of ``tile`` pixels (multiples of the MoVQ factor).
+
+    As in ``decode``, the part with attention (at latent resolution) runs on the whole picture. The tiles'
+    group norms use statistics of the whole picture, taken once from a copy shrunk to about one tile (so that
+    pass costs what a tile does), not each tile's own."""
+    enc = movq.encoder
+    split = next((i for i, b in enumerate(enc.down_blocks) if b.attentions is not None), len(enc.down_blocks))
+    factor = 2 ** min(split, len(enc.down_blocks) - 1)
+
+    def fine(pixels: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, H/factor, W/factor)
+        h = enc.conv_in(pixels.to(movq.dtype))
+        for block in enc.down_blocks[:split]:
+            h = block(h)
+        return h
+
+    shrink = min(1.0, tile / max(x.shape[-2:]))
+    small = torch.nn.functional.interpolate(x, scale_factor=shrink, mode="area") if shrink < 1 else x
+    with _WholeNorms(enc.down_blocks[:split]) as norms:
+        fine(small)
+        norms.apply()
+        h = tiled(fine, x, 1 / factor, tile, overlap)
+    h = h.to(movq.dtype)
+    for block in enc.down_blocks[split:]:
+        h = block(h)
+    h = enc.conv_out(torch.nn.functional.silu(enc.conv_norm_out(enc.mid_block(h))))
+    return movq.quant_conv(h).to(x.dtype)
+
+
+class _WholeNorms:
+    """The group norms of ``modules``: first recording each one's statistics (per sample and group) on one
+    pass, then (``apply``) normalising with them whatever they see, e.g. a tile of that picture."""
+
+    def __init__(self, modules):
+        self.norms = [m for m in torch.nn.ModuleList(modules).modules() if isinstance(m, torch.nn.GroupNorm)]
+        self.stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.recording = True
+
+    def __enter__(self):
+        for i, norm in enumerate(self.norms):
+            norm.forward = self._forward(norm, i)
+        return self
+
+    def apply(self) -> None:
+        self.recording = False
+
+    def _forward(self, norm: torch.nn.GroupNorm, i: int):
+        def forward(h: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
+            groups = h.float().reshape(h.shape[0], norm.num_groups, -1)
+            if self.recording:
+                self.stats[i] = (groups.mean(-1, keepdim=True), groups.var(-1, unbiased=False, keepdim=True))
+            mean, var = self.stats[i]
+            out = ((groups - mean) * torch.rsqrt(var + norm.eps)).reshape(h.shape)
+            return (out * norm.weight[:, None, None] + norm.bias[:, None, None]).to(h.dtype)
+
+        return forward
+
+    def __exit__(self, *exc):
+        for norm in self.norms:
+            del norm.forward
