@@ -66,6 +66,8 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
     resolved = layered(values, classes, recorded)
     output = pick(Output, resolved)
     in_batch = batchable and output.prompts_file is not None
+    if (output.ray or output.ray_workers) and not in_batch:
+        raise KandinskyError("--ray runs the jobs of a --prompts-file" if output.ray else "--ray-workers goes with --ray")
     if in_batch:
         if prompt:
             raise KandinskyError("give either a prompt or --prompts-file, not both")
@@ -94,12 +96,14 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
         render.info(f"seed: {todo[0][2].seed}")
 
     # 2. open once, then each job; a failing job is reported and the others go on
-    if todo:
+    if todo and output.ray:  # the same jobs, names and saving on every GPU of a cluster
+        from kcli.cli.cluster import run_on_ray
+
+        run_on_ray(output, loading(resolved, todo), todo, outcomes)
+    elif todo:
         from kcli.pipelines import Kandinsky
 
-        load = pick(Loading, resolved)
-        if all(r.best_of == 1 for _, _, r, _ in todo):
-            load = dataclasses.replace(load, scorer="prior")  # nothing to rank: load no scorer
+        load = loading(resolved, todo)
         with Display(output.quiet, output.json) as display:
             k = Kandinsky.open(**dataclasses.asdict(load), events=display,
                                inpainting=any(r.inpainting for _, _, r, _ in todo),
@@ -127,6 +131,14 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
         render.summary(ordered)
     if any(o.status == "failed" for o in ordered):
         raise typer.Exit(1)
+
+
+def loading(resolved: dict, todo: list) -> Loading:
+    """What the jobs' model is opened with."""
+    load = pick(Loading, resolved)
+    if all(r.best_of == 1 for _, _, r, _ in todo):
+        load = dataclasses.replace(load, scorer="prior")  # nothing to rank: load no scorer
+    return load
 
 
 def _prepare(resolved: dict, output: Output, job: batch.Job, build: Build, in_batch: bool):
