@@ -66,8 +66,10 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
     resolved = layered(values, classes, recorded)
     output = pick(Output, resolved)
     in_batch = batchable and output.prompts_file is not None
-    if (output.ray or output.ray_workers) and not in_batch:
-        raise KandinskyError("--ray runs the jobs of a --prompts-file" if output.ray else "--ray-workers goes with --ray")
+    if output.ray_workers is not None and not output.ray:
+        raise KandinskyError("--ray-workers goes with --ray")
+    if output.ray and not in_batch:
+        raise KandinskyError("--ray runs the jobs of a --prompts-file")
     if in_batch:
         if prompt:
             raise KandinskyError("give either a prompt or --prompts-file, not both")

@@ -30,6 +30,8 @@ import os
 import pickle
 import secrets
 import shutil
+import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +50,8 @@ QUIET = {  # set before Ray is imported (a user's own settings win)
     # a worker's death is reported here, with the job it hit, rather than by the raylet on stdout
     "RAY_DEDUP_LOGS_SKIP_REGEX": "retries remaining|worker died or was killed|Worker unexpectedly exits",
 }
+# Ray's own switch (meant for laptops) that keeps a cluster started here on 127.0.0.1, unseen from the network
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 ANSWER_S = 120  # how long a node may take to answer the shared-folder check
 
 
@@ -101,6 +105,7 @@ def run(tasks: list[Task], load: Loading, save: Callable, *, folder: Path, addre
     """Run ``tasks`` on the cluster ``address`` names (see ``connected``) and return one ``Done`` per task, in
     the order they finished; ``on_done`` hears each as it comes. ``save(image, path, metadata)`` writes an
     image and returns where it went. ``workers`` caps the pool."""
+    _ray(local=address == "local")  # one line when Ray is missing, before anything is written
     folder = Path(folder).absolute()
     token = secrets.token_hex(8)
     journal = folder / f".kandinsky-ray-{token}"
@@ -133,8 +138,9 @@ def run(tasks: list[Task], load: Loading, save: Callable, *, folder: Path, addre
 
 # ---- the cluster ------------------------------------------------------------------------------------------
 
-def _ray():
-    for key, value in QUIET.items():
+def _ray(local: bool = False):
+    """Ray, imported quiet; ``local``: the clusters it starts stay on the loopback (Ray reads both at import)."""
+    for key, value in {**QUIET, **(LOOPBACK if local and "ray" not in sys.modules else {})}.items():
         os.environ.setdefault(key, value)
     try:
         import ray
@@ -146,7 +152,7 @@ def _ray():
 
 def start_local(num_cpus: int | None = None, num_gpus: int | None = None):
     """A private Ray cluster on this machine, quiet and on the loopback only (what ``--ray local`` starts)."""
-    ray = _ray()
+    ray = _ray(local=True)
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
              logging_level=logging.ERROR, _node_ip_address="127.0.0.1")
     return ray
@@ -267,7 +273,7 @@ class Worker:
 
         self.save, self.journal = save, Path(journal)
         self.actor = ray.get_runtime_context().current_actor
-        self.where = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
+        self.where = f"{socket.gethostname()}:{os.getpid()}"
         self.broken = None
         if gpu and load.device.startswith("cuda:"):
             load = dataclasses.replace(load, device="cuda")  # Ray shows the actor only its own GPU, as cuda:0
