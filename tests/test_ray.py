@@ -23,7 +23,8 @@ from kcli.pipelines import Loading, TextToImage, raybatch
 
 pytestmark = pytest.mark.xdist_group("ray")
 
-TINY = ["--steps", "2", "--prior-steps", "2", "-W", "64", "-H", "64", "--device", "cpu", "--name", "{slug}-{seed}"]
+TINY = ["--steps", "2", "--prior-steps", "2", "-W", "64", "-H", "64", "--device", "cpu",
+        "--name", "{slug}-{seed}"]
 JOBS = [  # six jobs, then one the workers fail and one no worker sees (a bad line)
     "a lighthouse at dusk",
     {"prompt": "a red cat", "seed": 7, "steps": 3, "negative": "rain"},
@@ -40,6 +41,7 @@ JOBS = [  # six jobs, then one the workers fail and one no worker sees (a bad li
 def cluster(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:  # the workers' environment is the one they start with
         mp.setenv("KANDINSKY_HOME", str(tmp_path_factory.getbasetemp() / "kandinsky-home"))
+        mp.setenv("RAY_memory_monitor_refresh_ms", "0")  # tiny workers: a full machine must not kill them
         ray = raybatch.start_local(num_cpus=2)
     yield ray
     ray.shutdown()
@@ -73,8 +75,8 @@ def models(prior22, decoder22):
 def on_ray(cluster, jobs_file, models, tmp_path_factory):
     """The jobs file run on the cluster by two workers."""
     folder = tmp_path_factory.mktemp("on-ray")
-    return folder, kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "-o", folder, "--ray", "auto",
-                             "--ray-workers", 2)
+    return folder, kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "-o", folder,
+                             "--ray", "auto", "--ray-workers", 2)
 
 
 def test_six_jobs_on_two_workers_make_the_files_a_local_batch_makes(on_ray, jobs_file, models, tmp_path):
@@ -112,8 +114,8 @@ def test_resume_skips_the_finished_jobs(on_ray, jobs_file, models, tmp_path):
     gone = sorted(tmp_path.glob("a-*.png"))[:2]
     for path in gone:
         path.unlink()
-    again = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "-o", tmp_path, "--ray", "auto",
-                      "--resume")
+    again = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "-o", tmp_path,
+                      "--ray", "auto", "--resume")
     assert "4 skipped" in again.stderr and "2 ok" in again.stderr, again.stderr
     assert sorted(again.stdout.split()) == [str(p) for p in gone]  # only the missing ones were made
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in folder.iterdir())
@@ -122,7 +124,7 @@ def test_resume_skips_the_finished_jobs(on_ray, jobs_file, models, tmp_path):
 
 
 def slow_save(image, path, meta):
-    """Saving onto a slow shared disk: a worker that took a job stays busy with it long enough to be killed."""
+    """Saving onto a slow shared disk: a worker that took a job stays busy with it long enough to kill."""
     time.sleep(1.5)
     return out.save_image(image, path, meta)
 
@@ -132,8 +134,8 @@ def test_a_worker_killed_mid_run_is_restarted_and_every_job_ends_done(cluster, p
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # slow_save goes to the workers by value
     folder = tmp_path / "out"
-    tasks = [raybatch.Task(i, TextToImage(prompt=f"a kite {i}", seed=i, steps=2, prior_steps=2, width=64, height=64),
-                           [folder / f"kite-{i}.png"]) for i in range(6)]
+    tasks = [raybatch.Task(i, TextToImage(prompt=f"a kite {i}", seed=i, steps=2, prior_steps=2, width=64,
+                                          height=64), [folder / f"kite-{i}.png"]) for i in range(6)]
     killed = {}
 
     def kill_a_busy_worker(done):
@@ -152,21 +154,22 @@ def test_a_worker_killed_mid_run_is_restarted_and_every_job_ends_done(cluster, p
             time.sleep(0.02)
 
     load = Loading(prior=str(prior22), decoder=str(decoder22), device="cpu")
-    dones = raybatch.run(tasks, load, slow_save, folder=folder, address="auto", workers=2, on_done=kill_a_busy_worker)
+    dones = raybatch.run(tasks, load, slow_save, folder=folder, address="auto", workers=2,
+                         on_done=kill_a_busy_worker)
     assert killed, "no worker was busy to kill"
     assert sorted(d.index for d in dones) == list(range(6)) and not [d.error for d in dones if d.error]
     retried = next(d for d in dones if d.index == killed["index"])
     assert retried.attempt == 2 and retried.worker != killed["worker"]  # ran again, in the restarted process
-    assert sorted(p.name for p in folder.iterdir()) == [f"kite-{i}.png" for i in range(6)]  # each once, nothing else
+    assert sorted(p.name for p in folder.iterdir()) == [f"kite-{i}.png" for i in range(6)]  # once each
     assert [meta_of(folder / f"kite-{i}.png")["settings"]["seed"] for i in range(6)] == list(range(6))
 
 
 def test_a_folder_a_node_cannot_see_ends_in_one_line(cluster, tmp_path):
     nodes = [n for n in cluster.nodes() if n["Alive"]]
-    assert [n["NodeManagerAddress"] for n in nodes] == ["127.0.0.1"]  # a private cluster stays on the loopback
+    assert [n["NodeManagerAddress"] for n in nodes] == ["127.0.0.1"]  # a private cluster: on the loopback
     (tmp_path / "marker").write_text("another run's token")
-    with pytest.raises(KandinskyError, match=r"is not reachable from the node\(s\) at 127\.0\.0\.1: -o must be a "
-                                              "folder every node shares"):
+    with pytest.raises(KandinskyError, match=r"is not reachable from the node\(s\) at 127\.0\.0\.1: -o must "
+                                              "be a folder every node shares"):
         raybatch.check_shared(cluster, nodes, tmp_path, tmp_path, "this run's token")
 
 
@@ -175,9 +178,11 @@ def test_without_ray_or_without_a_batch_the_flags_end_in_one_line(jobs_file, mod
     assert alone.exit_code == 1 and "error: --ray runs the jobs of a --prompts-file" in alone.stderr
     workers = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "--ray-workers", 2)
     assert workers.exit_code == 1 and "error: --ray-workers goes with --ray" in workers.stderr
-    none = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "--ray", "local", "--ray-workers", 0)
+    none = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "--ray", "local",
+                     "--ray-workers", 0)
     assert none.exit_code == 1 and "error: ray-workers must be at least 1, got 0" in none.stderr
     monkeypatch.setitem(sys.modules, "ray", None)  # as where the extra is not installed
-    missing = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "-o", tmp_path / "x", "--ray", "local")
+    missing = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "-o", tmp_path / "x",
+                        "--ray", "local")
     assert missing.exit_code == 1 and 'pip install "kandinsky-cli[ray]"' in missing.stderr
     assert missing.stderr.count("error:") == 2 and not (tmp_path / "x").exists()  # the bad line, then Ray

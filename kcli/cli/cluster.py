@@ -1,14 +1,14 @@
-"""``--ray``: a batch's prepared jobs run on a Ray cluster (``kcli.pipelines.raybatch``), saved by the workers with
-this command line's own ``save_image`` and reported like a local batch's: each saved path, each failure, the
-summary. Imported only when --ray is given, so Ray stays an optional extra."""
+"""``--ray``: a batch's prepared jobs run on a Ray cluster (``kcli.pipelines.raybatch``), saved by the workers
+with this command line's own ``save_image`` and reported like a local batch's: each saved path, each failure,
+the summary. Imported only when --ray is given, so Ray stays an optional extra."""
 
 from __future__ import annotations
 
 import functools
 import time
 
-from kcli.cli import render
 from kcli.cli import output as out
+from kcli.cli import render
 from kcli.cli.display import Display
 from kcli.pipelines.settings import check_ranges
 

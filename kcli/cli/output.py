@@ -69,7 +69,7 @@ def save_image(image, path: Path, meta: dict | None = None, overwrite: bool = Fa
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         sweep_parts(path.parent)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}-{_host()}.part")  # unique per save
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}-{_host()}.part")  # unique
         try:
             fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
             extra = metadata.save_kwargs(path, meta) if meta else {}

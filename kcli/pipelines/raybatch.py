@@ -6,10 +6,10 @@
 The front end prepares the jobs as it does for a local batch (each request with its seed, each image's file
 name, what ``--resume`` finds made) and hands them here with the function a local batch saves with (the same
 names, metadata and atomic claim). The jobs become a Ray dataset (``ray.data.from_items``) that a pool of
-actors maps (``map_batches`` with a callable class): one actor per GPU (``num_gpus=1``), or CPU actors when the
-cluster has no GPU. Each actor opens the model once, with the run's load settings, and saves every image it
-makes into the output folder, which every node must reach: a marker the driver writes there is looked for
-from every node before any work starts.
+actors maps (``map_batches`` with a callable class): one actor per GPU (``num_gpus=1``), or CPU actors when
+the cluster has no GPU. Each actor opens the model once, with the run's load settings, and saves every image
+it makes into the output folder, which every node must reach: a marker the driver writes there is looked
+for from every node before any work starts.
 
 Faults. Ray restarts an actor that dies (killed, out of memory) and gives it its job again (Ray Data's actor
 defaults, ``max_restarts=-1`` and ``max_task_retries=-1``). An actor holds one job at a time, so a death costs
@@ -129,7 +129,8 @@ def run(tasks: list[Task], load: Loading, save: Callable, *, folder: Path, addre
         shutil.rmtree(journal, ignore_errors=True)
         if made and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()  # nothing was made: leave no empty folder behind
-    lost = [Done(t.index, error="lost: the cluster never answered for it") for t in tasks if t.index not in done]
+    lost = [Done(t.index, error="lost: the cluster never answered for it") for t in tasks
+            if t.index not in done]
     for d in lost:  # Ray Data dropped it (it should not): still reported, never silently missing
         if on_done is not None:
             on_done(d)
@@ -139,12 +140,12 @@ def run(tasks: list[Task], load: Loading, save: Callable, *, folder: Path, addre
 # ---- the cluster ------------------------------------------------------------------------------------------
 
 def _ray(local: bool = False):
-    """Ray, imported quiet; ``local``: the clusters it starts stay on the loopback (Ray reads both at import)."""
+    """Ray, imported quiet; ``local``: the clusters it starts stay on the loopback (read at Ray's import)."""
     for key, value in {**QUIET, **(LOOPBACK if local and "ray" not in sys.modules else {})}.items():
         os.environ.setdefault(key, value)
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise KandinskyError(f"--ray needs Ray, which is not installed: {INSTALL}") from None
     return ray
@@ -153,8 +154,8 @@ def _ray(local: bool = False):
 def start_local(num_cpus: int | None = None, num_gpus: int | None = None):
     """A private Ray cluster on this machine, quiet and on the loopback only (what ``--ray local`` starts)."""
     ray = _ray(local=True)
-    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+             log_to_driver=False, logging_level=logging.ERROR, _node_ip_address="127.0.0.1")
     return ray
 
 
@@ -182,9 +183,10 @@ def connected(address: str):
 
 
 def make_plan(ray, load: Loading, jobs: int, cap: int | None) -> Plan:
-    """How many workers, on what: one per GPU, else one per node (``cap`` limits both), never more than jobs."""
+    """How many workers, on what: one per GPU, else one per node (``cap`` limits both), never more than
+    jobs."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    has = lambda n, kind: int(n.get("Resources", {}).get(kind, 0))  # noqa: E731
+    has = lambda n, kind: int(n.get("Resources", {}).get(kind, 0))
     gpus = sum(has(n, "GPU") for n in nodes)
     if gpus and load.device != "cpu":
         return Plan(max(1, min(cap or gpus, gpus, jobs)), 1, 1, [n for n in nodes if has(n, "GPU")])
@@ -218,12 +220,14 @@ def check_shared(ray, nodes: list, folder: Path, journal: Path, token: str) -> N
         try:
             if not ray.get(answer, timeout=ANSWER_S):
                 blind.append(host)
-        except Exception as e:  # kcli missing there, a node gone, no answer in time
-            raise KandinskyError(f"--ray: the node at {host} cannot run kandinsky's workers ({_first(e)}); "
-                                 "each node needs kandinsky-cli installed") from None
+        except Exception as e:  # noqa: BLE001 -- kcli missing there, a node gone, no answer in time
+            cause = _first(e)
+            hint = "; each node needs kandinsky-cli installed" if "No module named" in cause else ""
+            raise KandinskyError(f"--ray: the node at {host} did not answer the shared-folder check: "
+                                 f"{cause}{hint}") from None
     if blind:
-        raise KandinskyError(f"--ray: {folder} is not reachable from the node(s) at {', '.join(blind)}: -o must be a "
-                             "folder every node shares (NFS, a mounted bucket)")
+        raise KandinskyError(f"--ray: {folder} is not reachable from the node(s) at {', '.join(blind)}: "
+                             "-o must be a folder every node shares (NFS, a mounted bucket)")
 
 
 def _stream(ray, tasks: list[Task], load: Loading, save, plan: Plan, journal: Path, inpainting: bool,
@@ -254,10 +258,11 @@ def _stream(ray, tasks: list[Task], load: Loading, save, plan: Plan, journal: Pa
 
 
 def _portable(task: Task) -> Task:
-    """The task with absolute paths, which a worker on another node (in another working folder) reads as meant;
-    images record paths resolved anyway, so their metadata is unchanged."""
+    """The task with absolute paths, which a worker on another node (in another working folder) reads as
+    meant; images record paths resolved anyway, so their metadata is unchanged."""
     request = task.request
-    paths = {f.name: v.absolute() for f in dataclasses.fields(request) if isinstance(v := getattr(request, f.name), Path)}
+    paths = {f.name: v.absolute() for f in dataclasses.fields(request)
+             if isinstance(v := getattr(request, f.name), Path)}
     return Task(task.index, dataclasses.replace(request, **paths), [Path(p).absolute() for p in task.paths])
 
 
@@ -266,7 +271,8 @@ def _portable(task: Task) -> Task:
 class Worker:
     """A Ray actor: opens the model once, then runs one job per call and saves its images."""
 
-    def __init__(self, load: Loading, save: Callable, journal: str, inpainting: bool, hinted: bool, gpu: bool):
+    def __init__(self, load: Loading, save: Callable, journal: str, inpainting: bool, hinted: bool,
+                 gpu: bool):
         import ray
 
         from kcli.pipelines.kandinsky import Kandinsky
@@ -279,7 +285,7 @@ class Worker:
             load = dataclasses.replace(load, device="cuda")  # Ray shows the actor only its own GPU, as cuda:0
         try:
             self.k = Kandinsky.open(**dataclasses.asdict(load), inpainting=inpainting, hinted=hinted)
-        except Exception as e:  # each job it gets says why (a node without the checkpoints, say)
+        except Exception as e:  # noqa: BLE001 -- each job it gets says why (a node without the checkpoints)
             self.broken = f"the worker at {self.where} could not open the model: {_error(e)}"
 
     def __call__(self, batch: dict) -> dict:
@@ -290,8 +296,8 @@ class Worker:
         started = time.perf_counter()
         done = Done(task.index, attempt=self._attempt(task.index), worker=self.where, actor=self.actor)
         if self.broken or done.attempt > RETRIES + 1:
-            done.error = self.broken or (f"its worker died {done.attempt - 1} times running it (killed, or out of "
-                                         "memory?)")
+            died = f"its worker died {done.attempt - 1} times running it (killed, or out of memory?)"
+            done.error = self.broken or died
             return done
         try:
             for i, (result, path) in enumerate(zip(self.k.run(task.request), task.paths)):
@@ -299,7 +305,7 @@ class Worker:
                 self._journal(f"{task.index}-{i}", saved.name)
                 done.paths.append(saved)
                 done.results.append(dataclasses.replace(result, image=Size(*result.image.size)))
-        except Exception as e:  # e.g. out of GPU memory on one large job: the others may still fit
+        except Exception as e:  # noqa: BLE001 -- out of GPU memory on one large job, say: the others go on
             done.error = _error(e)
         done.seconds = time.perf_counter() - started
         return done
