@@ -176,13 +176,15 @@ def test_a_folder_a_node_cannot_see_ends_in_one_line(cluster, tmp_path):
 def test_without_ray_or_without_a_batch_the_flags_end_in_one_line(jobs_file, models, tmp_path, monkeypatch):
     alone = kandinsky("generate", "a cat", *models, *TINY, "--ray", "local")
     assert alone.exit_code == 1 and "error: --ray runs the jobs of a --prompts-file" in alone.stderr
-    workers = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "--ray-workers", 2)
+    workers = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "-o", tmp_path,
+                        "--ray-workers", 2)
     assert workers.exit_code == 1 and "error: --ray-workers goes with --ray" in workers.stderr
-    none = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "--ray", "local",
-                     "--ray-workers", 0)
+    none = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "-o", tmp_path,
+                     "--ray", "local", "--ray-workers", 0)
     assert none.exit_code == 1 and "error: ray-workers must be at least 1, got 0" in none.stderr
     monkeypatch.setitem(sys.modules, "ray", None)  # as where the extra is not installed
     missing = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "-o", tmp_path / "x",
                         "--ray", "local")
     assert missing.exit_code == 1 and 'pip install "kandinsky-cli[ray]"' in missing.stderr
     assert missing.stderr.count("error:") == 2 and not (tmp_path / "x").exists()  # the bad line, then Ray
+    assert not list(tmp_path.iterdir())  # nothing made anywhere
