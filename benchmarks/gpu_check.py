@@ -137,6 +137,8 @@ def run_level(configs: Configs, level: str, dtype: str, size: int, device: torch
         if phase == "warm":
             run.seconds_per_image = time.perf_counter() - t0
         run.allocated[phase], run.reserved[phase] = _peak(device)
+        if phase == "cold":
+            _check_pinned(k, run)
     t0 = time.perf_counter()
     batch = list(k.run(replace(settings, num_images=4)))
     run.images_per_second = len(batch) / (time.perf_counter() - t0)
@@ -145,6 +147,17 @@ def run_level(configs: Configs, level: str, dtype: str, size: int, device: torch
         run.problems.append("an image is not finite")
     del k, batch
     return run, images["cold"]
+
+
+def _check_pinned(k: Kandinsky, run: Run) -> None:
+    """Streamed weights are pinned at their size, and only the models still streamed (the image encoder was let
+    go after the zero embedding)."""
+    if k.device.type != "cuda" or not k.placement.streamers:
+        return
+    streamed = sum(s.weights for s in k.placement.streamers)
+    pinned = k.placement.pinned_bytes
+    if not streamed <= pinned <= 1.1 * streamed:
+        run.problems.append(f"{pinned / GiB:.2f} GiB pinned for {streamed / GiB:.2f} GiB of streamed weights")
 
 
 def agreement(images: dict[str, np.ndarray]) -> dict[str, float]:

@@ -94,8 +94,9 @@ def report(tables: dict[str, list[str]], extra: list[str], seconds: float) -> st
          "as one block. `--memory auto` must plan for the cold figure."),
         "",
         ("Not counted: the CUDA context (about 0.3-0.5 GiB per process), the caching allocator's reserve and "
-         "fragmentation (`max_memory_reserved` is higher; with sequential offload the side-stream copies freed "
-         "with `record_stream` can pile up, see issue 14), cuDNN/cuBLAS workspaces, and `torch.compile`."),
+         "fragmentation (`max_memory_reserved` is higher; with sequential offload a block's copy goes back to the "
+         "copy stream as soon as the compute stream is done with it, so the reserve stays near two blocks), "
+         "cuDNN/cuBLAS workspaces, and `torch.compile`."),
         "",
         ("With the zero embedding made before the decoder loads (not yet what the pipeline does), `high` cold "
          "would peak at:"),

@@ -210,7 +210,7 @@ def test_sequential_offload_holds_at_most_two_blocks_of_weights():
         return mem.peak
 
     activations = run()  # no weights counted: the same run's activations alone
-    streamer = Streamer(unet, torch.device("meta"), pin=False)
+    streamer = Streamer(unet, torch.device("meta"))
     try:
         run()  # learns the order
         streamed = run() - activations - root

@@ -193,6 +193,9 @@ def test_wheel_ships_the_registry(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     assert (site / "kcli" / "weights" / "registry.toml").read_bytes() == (ROOT / "weights" / "registry.toml").read_bytes()
+    static = ROOT / "kcli" / "serve" / "static"  # the server's web page ships too
+    for page in (p for p in static.rglob("*") if p.is_file()):
+        assert (site / page.relative_to(ROOT)).read_bytes() == page.read_bytes(), page
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from kcli.loading.registry import load_registry, "
             "registry_path; print(registry_path()); print(load_registry().default)")
     env = {k: v for k, v in os.environ.items() if k != reg.ENV}

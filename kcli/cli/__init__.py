@@ -35,6 +35,7 @@ def _root(
 from kcli.cli import generate  # noqa: E402,F401,I001
 from kcli.cli import fuse, inpaint  # noqa: E402,F401
 from kcli.cli import score  # noqa: E402,F401
+from kcli.cli import serve  # noqa: E402,F401
 from kcli.cli import info, models, prior  # noqa: E402,F401
 
 

@@ -24,14 +24,15 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
 @contextlib.contextmanager
 def user_errors():
     """Turn our errors, Ctrl-C and unexpected failures into one line and an exit code, never a traceback."""
-    from kcli.errors import KandinskyError
+    from kcli.errors import KandinskyError, OutOfDeviceMemory
 
     try:
         yield
     except (typer.Exit, typer.Abort):
         raise
     except KandinskyError as e:
-        raise fail(str(e)) from None
+        kept = "; finished images were kept" if isinstance(e, OutOfDeviceMemory) else ""
+        raise fail(f"{e}{kept}") from None
     except KeyboardInterrupt:
         raise fail("interrupted: finished images were kept", EXIT_INTERRUPTED) from None
     except BrokenPipeError:  # stdout closed early (`kandinsky score --list-models | head`): not an error
@@ -40,9 +41,8 @@ def user_errors():
     except MemoryError:
         raise fail("out of memory (RAM): try a smaller size, --dtype bf16, or fewer images") from None
     except Exception as e:  # a bug: still one line, with a way to see the traceback
-        if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
-            raise fail("out of GPU memory: try a lower --memory level (balanced, low or min), a smaller size, "
-                       "or fewer images; finished images were kept") from None
+        if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (loading), without importing torch here
+            raise fail(f"{OutOfDeviceMemory()}; finished images were kept") from None
         if os.environ.get("KANDINSKY_DEBUG"):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""

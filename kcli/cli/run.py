@@ -8,6 +8,7 @@ with its metadata) before the next one starts; a failing job is reported and the
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
         raise KandinskyError("--ray-workers goes with --ray")
     if output.ray and not in_batch:
         raise KandinskyError("--ray runs the jobs of a --prompts-file")
+    if output.ray and output.server:
+        raise KandinskyError("give --ray or --server, not both")
     if in_batch:
         if prompt:
             raise KandinskyError("give either a prompt or --prompts-file, not both")
@@ -103,13 +106,19 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
 
         run_on_ray(output, loading(resolved, todo), todo, outcomes)
     elif todo:
-        from kcli.pipelines import Kandinsky
-
         load = loading(resolved, todo)
         with Display(output.quiet, output.json) as display:
-            k = Kandinsky.open(**dataclasses.asdict(load), events=display,
-                               inpainting=any(r.inpainting for _, _, r, _ in todo),
-                               hinted=any(r.hinted for _, _, r, _ in todo))
+            server = output.server or os.environ.get("KANDINSKY_SERVER")
+            if server:  # the server's models do the work; files and metadata are written here as usual
+                from kcli.serve.client import Remote
+
+                k = Remote(server, api_key=os.environ.get("KANDINSKY_API_KEY"))
+            else:
+                from kcli.pipelines import Kandinsky
+
+                k = Kandinsky.open(**dataclasses.asdict(load), events=display,
+                                   inpainting=any(r.inpainting for _, _, r, _ in todo),
+                                   hinted=any(r.hinted for _, _, r, _ in todo))
             for j, job, request, names in todo:
                 started = time.perf_counter()
                 display.job(j + 1, len(jobs), job.prompt)

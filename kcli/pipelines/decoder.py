@@ -23,7 +23,7 @@ from kcli.pipelines import tiling
 from kcli.pipelines.masks import keep_latent_mask
 from kcli.pipelines.pixels import to_uint8
 from kcli.pipelines.placement import Placement
-from kcli.samplers import decoder_sampler
+from kcli.samplers import Euler, decoder_sampler
 from kcli.samplers.denoise import denoise
 from kcli.samplers.noise import randn
 from kcli.samplers.schedule import legacy_img2img_noise
@@ -178,8 +178,9 @@ class DecoderStage:
             cond, sf = self._cond(image_embeds, negative_embeds, prompt, guidance), self.movq.scale_factor
             cond.update(extra)
             shape = (image_embeds.shape[0], self.movq.config.latent_channels, height // sf, width // sf)
-            latents = randn(shape, generator, self.device, self.unet.dtype)
-            return denoise(lambda x, t: self.unet(x, t, **cond), solver, latents, solver.timesteps(steps),
+            timesteps = solver.timesteps(steps)  # first: the initial noise's scale depends on the schedule
+            latents = randn(shape, generator, self.device, self.unet.dtype) * solver.init_noise_sigma
+            return denoise(lambda x, t: self.unet(x, t, **cond), solver, latents, timesteps,
                            guidance=guidance, generator=generator, on_step=on_step)
 
     def refine(self, init: torch.Tensor, image_embeds: torch.Tensor, negative_embeds: torch.Tensor,
@@ -203,7 +204,7 @@ class DecoderStage:
             if hasattr(solver, "set_begin_index"):
                 solver.set_begin_index(start)
             noise = randn(x0.shape, generator, self.device, self.unet.dtype)
-            if self.version == "2.1":
+            if self.version == "2.1" and not isinstance(solver, Euler):  # Euler noises in its own (sigma) space
                 latents = legacy_img2img_noise(x0, noise, strength, self.sampler.cfg.num_train_timesteps)
             else:
                 latents = solver.add_noise(x0, noise, timesteps[start])
@@ -233,9 +234,9 @@ class DecoderStage:
         extra = torch.cat([known * keep, keep], dim=1)  # (1, 5, h, w)
         extra = extra.repeat(2 * image_embeds.shape[0] if cfg else image_embeds.shape[0], 1, 1, 1)
 
-        latents = randn((image_embeds.shape[0], *known.shape[1:]), generator, self.device, dtype)
-        noise = latents.clone()
         timesteps = solver.timesteps(steps)
+        noise = randn((image_embeds.shape[0], *known.shape[1:]), generator, self.device, dtype)
+        latents = noise * solver.init_noise_sigma
 
         def put_back(i: int, x: torch.Tensor) -> torch.Tensor:
             ref = known

@@ -104,10 +104,12 @@ def estimate(k, request, events) -> tuple:
         estimator = DepthEstimator.load(name, device=k.placement.weights_device, offline=k.load.offline,
                                         progress=events)
         k.placement.attach(estimator.model, streamed=False)
-        with k.placement.on(estimator.model):
-            k.depth_pictures[key] = estimator(photo)
-        k.placement.release(estimator.model)
-        del estimator
+        try:
+            with k.placement.on(estimator.model):
+                k.depth_pictures[key] = estimator(photo)
+        finally:  # failed or not, it goes: a job after an out-of-memory error needs the space
+            k.placement.release(estimator.model)
+            del estimator
     depth = k.depth_pictures[key]
     made = {"depth_from": photo_path, "depth_from_sha256": photo_sha, "depth_model": name}
     if request.save_hint:

@@ -32,7 +32,7 @@ from kcli.pipelines.devices import resolve_device, resolve_dtype
 from kcli.pipelines.events import Relay
 from kcli.pipelines.memory import choose_memory
 from kcli.pipelines.modes import recipe
-from kcli.pipelines.placement import Offload, Placement
+from kcli.pipelines.placement import Offload, Placement, recovering
 from kcli.pipelines.prior import PriorStage
 from kcli.pipelines.requests import Request
 from kcli.pipelines.settings import Loading, record
@@ -124,10 +124,26 @@ class Kandinsky:
         self.folders["decoder"] = folder
         self.events.progress("load", 1, 1)
 
+    def sibling(self, decoder: str | None = None) -> Kandinsky:
+        """This model with its other decoder (the inpainting one, or back) or with ``decoder`` (a folder or hub
+        id), sharing the prior, scorer and placement: a server keeps both decoders loaded instead of swapping
+        them for every request."""
+        load = self.load if decoder is None else dataclasses.replace(self.load, decoder=decoder)
+        folder = _folders(load, not self.decoder.is_inpainting, self.events)[1]
+        self.events.progress("load", 0, 1)
+        stage = _load_decoder(folder, self.dtype, self.placement, load)
+        self.events.progress("load", 1, 1)
+        other = Kandinsky(self.prior, stage, self.placement, self.dtype, load, None, self.events.listener)
+        other.scorer, other._linear_priors, other.depth_pictures = self.scorer, self._linear_priors, self.depth_pictures
+        other.folders = {"prior": self.folders["prior"], "decoder": folder}
+        return other
+
     # ---- running ------------------------------------------------------------------------------------------
 
+    @recovering
     def run(self, request: Request, events=None) -> Iterator[Result]:
-        """One ``Result`` per image of ``request``, each as soon as it is done."""
+        """One ``Result`` per image of ``request``, each as soon as it is done. Out of device memory, it ends
+        with ``OutOfDeviceMemory`` (images made before it were yielded) and the next request can run."""
         events = Relay(events) if events is not None else self.events
         request.check()
         if request.seed is None:

@@ -12,8 +12,8 @@ loaders' dtypes and order), the zero-embedding cache and the tokenizers (``confi
 because meta weights cannot move between a host and a device. It has ``Placement``'s interface (attach,
 attach_encoder, on, release) and tells the tracker what is resident:
 offload ``none`` holds every model from its load until it is freed; ``model`` holds a stage's models inside
-``on``; ``sequential`` runs the real ``Streamer``, whose per-block copies are the device allocations, and holds
-each root's own small tensors, which the streamer keeps on the device.
+``on``; ``sequential`` runs the real ``Streamer``, whose per-block copies are the device allocations (dropped, as
+``Placement`` drops them, when a stage ends), and holds the small tensors the streamer keeps on the device.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from kcli.pipelines import memory
 from kcli.pipelines.configured import Configs, ConfiguredDecoder, ConfiguredPrior
 from kcli.pipelines.kandinsky import Kandinsky
 from kcli.pipelines.memtrack import DeviceMemory
-from kcli.pipelines.offload import Streamer, _tensors
+from kcli.pipelines.offload import Streamer
 from kcli.pipelines.placement import Offload
 from kcli.pipelines.requests import TextToImage
 from kcli.pipelines.settings import Loading
@@ -73,8 +73,8 @@ class SimPlacement:
             self.mem.hold(module)  # loaded onto the device, there until released
             self._held.append(module)
         elif self.mode is Offload.SEQUENTIAL:
-            self._streamers[module] = Streamer(module, self.device, pin=False)
-            self.mem.hold(*(t for _, t in _tensors(module) if t is not None))
+            self._streamers[module] = Streamer(module, self.device)
+            self.mem.hold(*self._streamers[module].kept)
         return module
 
     def attach_encoder(self, encoder):
@@ -90,11 +90,18 @@ class SimPlacement:
             self.mem.drop(module)
         streamer = self._streamers.pop(module, None)
         if streamer is not None:
+            kept = streamer.kept
             streamer.remove()
-            self.mem.drop(*(t for _, t in _tensors(module) if t is not None))
+            self.mem.drop(*kept)
 
     def on(self, *modules: nn.Module | None):
+        if self.mode is Offload.SEQUENTIAL:  # as Placement: a stage's end drops its streamed copies
+            return _Resident(self.mem, (), [self._streamers[m] for m in modules if m in self._streamers])
         return _Resident(self.mem, modules) if self.mode is Offload.MODEL else _Resident(self.mem, ())
+
+    def recover(self) -> None:
+        for s in self._streamers.values():
+            s.evict()
 
     def close(self) -> None:
         for s in self._streamers.values():
@@ -102,14 +109,16 @@ class SimPlacement:
 
 
 class _Resident:
-    def __init__(self, mem: DeviceMemory, modules):
-        self.mem, self.modules = mem, [m for m in modules if m is not None]
+    def __init__(self, mem: DeviceMemory, modules, streamers=()):
+        self.mem, self.modules, self.streamers = mem, [m for m in modules if m is not None], streamers
 
     def __enter__(self):
         self.mem.hold(*self.modules)
 
     def __exit__(self, *exc):
         self.mem.drop(*self.modules)
+        for s in self.streamers:
+            s.evict()
 
 
 class _MetaTruth(TorchFunctionMode):

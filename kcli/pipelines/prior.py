@@ -60,12 +60,13 @@ class PriorStage:
     def compute_zero_embed(self) -> torch.Tensor:
         """The zero-image embedding from the image encoder (loaded for it, and let go after, if it was not)."""
         just_for_this = self._image is None
-        with torch.inference_mode(), self.placement.on(self.image_encoder.model):
-            emb = self.image_encoder.zero_embed()
-        if just_for_this:  # 1.8B parameters for 2.2: give the memory back (fuse and vary load it again)
-            self.placement.release(self._image.model)
-            self._image = None
-        return emb
+        try:
+            with torch.inference_mode(), self.placement.on(self.image_encoder.model):
+                return self.image_encoder.zero_embed()
+        finally:  # 1.8B parameters for 2.2: give the memory back, failed or not (fuse and vary load it again)
+            if just_for_this and self._image is not None:
+                self.placement.release(self._image.model)
+                self._image = None
 
     def _encode(self, prompts: list[str], uncond: list[str], cfg: bool):
         embeds, hidden, mask = self.text(prompts)

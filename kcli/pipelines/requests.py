@@ -22,7 +22,8 @@ from kcli.pipelines.settings import INPUT, RECORDED_ONLY, Sampling, check_ranges
 
 DEFAULT_SIZE = 512  # the reference's width and height
 PRIOR_MODES = ("diffusion", "linear", "none")
-SAMPLERS = ("default", "ddpm", "ddim", "dpm++2m", "dpm++2m-karras")  # kcli.samplers.SAMPLER_NAMES, torch-free
+# kcli.samplers.SAMPLER_NAMES, torch-free
+SAMPLERS = ("default", "ddpm", "ddim", "dpm++2m", "dpm++2m-karras", "euler", "euler_a")
 
 
 @dataclass(frozen=True, kw_only=True)

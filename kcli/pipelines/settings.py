@@ -133,7 +133,7 @@ class Sampling:
     best_of: int = setting(1, "Make N candidates per image and keep the one CLIP finds closest to the prompt "
                            "(--scorer).", min=1, max=100, job=True)
     sampler: str | None = setting(None, "Decoder sampler: default (the checkpoint's), ddpm, ddim, dpm++2m, "
-                                  "dpm++2m-karras.", job=True, recorded=True)
+                                  "dpm++2m-karras, euler, euler_a (Euler ancestral).", job=True, recorded=True)
     prior_mode: str = setting("diffusion", "diffusion (the prior), linear (a fitted map, --linear-prior) or none "
                               "(the CLIP text embedding as is: the paper's baseline).", recorded=True)
     linear_prior: str | None = setting(None, "A file made by `kandinsky prior fit`.", recorded=True)
@@ -164,6 +164,9 @@ class Output:
     json: bool = setting(False, "One JSON object per image on stdout (path, seed, timings).", panel=OUTPUT,
                          file=False)
     quiet: bool = setting(False, "Only errors; saved paths still go to stdout.", short="-q", panel=OUTPUT)
+    server: str | None = setting(None, "Send the jobs to a running `kandinsky serve` at this URL (or "
+                                 "KANDINSKY_SERVER; its key in KANDINSKY_API_KEY) instead of loading a model here.",
+                                 panel=OUTPUT, file=False, commands=GENERATING)
 
 
 GROUPS = (Loading, Sampling, Output)

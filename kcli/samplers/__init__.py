@@ -1,4 +1,4 @@
-"""Samplers: schedules, DDPM, DDIM, DPM-Solver++, the prior's UnCLIP sampler, and the denoising loop."""
+"""Samplers: schedules, DDPM, DDIM, DPM-Solver++, Euler (ancestral), the prior's UnCLIP sampler, and the denoising loop."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from kcli.errors import CheckpointError, KandinskyError
 from kcli.samplers.ddim import DDIM
 from kcli.samplers.ddpm import DDPM
 from kcli.samplers.dpmsolver import DPMSolver, dpm_solver
+from kcli.samplers.euler import Euler, euler
 from kcli.samplers.schedule import ScheduleConfig
 
 DECODER_SAMPLERS = {"DDPMScheduler": DDPM, "DDIMScheduler": DDIM}
@@ -15,11 +16,13 @@ NAMED = {
     "ddim": lambda config: DDIM(ScheduleConfig.from_dict(config)),
     "dpm++2m": lambda config: dpm_solver(config),
     "dpm++2m-karras": lambda config: dpm_solver(config, karras=True),
+    "euler": lambda config: euler(config),
+    "euler_a": lambda config: euler(config, ancestral=True),
 }
 SAMPLER_NAMES = ("default", *NAMED)
 
 
-def decoder_sampler(config: dict, name: str | None = None) -> DDPM | DDIM | DPMSolver:
+def decoder_sampler(config: dict, name: str | None = None) -> DDPM | DDIM | DPMSolver | Euler:
     """The sampler a decoder checkpoint's ``scheduler_config.json`` asks for, or the one named, configured by it."""
     if name not in (None, "default"):
         if name not in NAMED:

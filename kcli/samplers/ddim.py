@@ -14,6 +14,7 @@ from kcli.samplers.schedule import ScheduleConfig, alphas_cumprod, predict_eps, 
 
 class DDIM:
     uses_variance_channels = False
+    init_noise_sigma = 1.0  # the initial latents are unit noise
 
     def __init__(self, cfg: ScheduleConfig):
         self.cfg = cfg
@@ -24,6 +25,9 @@ class DDIM:
     def timesteps(self, n: int) -> list[int]:
         self._n = n
         return spaced_timesteps(self.cfg, n)
+
+    def scale_input(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        return x  # the UNet sees the latents as they are
 
     def step(self, model_output: torch.Tensor, t: int, t_prev: int, x: torch.Tensor,
              generator: torch.Generator | None = None, variance: torch.Tensor | None = None) -> torch.Tensor:

@@ -18,6 +18,7 @@ VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large", "learned_range")
 
 class DDPM:
     uses_variance_channels = False
+    init_noise_sigma = 1.0  # the initial latents are unit noise
 
     def __init__(self, cfg: ScheduleConfig):
         if cfg.variance_type not in VARIANCES:
@@ -31,6 +32,9 @@ class DDPM:
 
     def _a(self, t: int) -> torch.Tensor:
         return self.alphas_cumprod[t] if t >= 0 else torch.tensor(1.0)
+
+    def scale_input(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        return x  # the UNet sees the latents as they are
 
     def step(self, model_output: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, generator: torch.Generator,
              variance: torch.Tensor | None = None) -> torch.Tensor:

@@ -30,7 +30,8 @@ def denoise(model: Callable, sampler, x: torch.Tensor, timesteps: list[int], *, 
     for i, t in enumerate(timesteps):
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         t_in = torch.tensor(t, device=x.device)
-        out = model(torch.cat([x, x]) if cfg else x, t_in)  # (B or 2B, 2C, h, w): noise, learned variance
+        x_in = sampler.scale_input(x, t)  # what the UNet was trained on (Euler scales; the others do not)
+        out = model(torch.cat([x_in, x_in]) if cfg else x_in, t_in)  # (B or 2B, 2C, h, w): noise, learned variance
         if cfg:
             out = guide(out, guidance, c)
         eps, variance = out[:, :c], out[:, c:]

@@ -64,6 +64,7 @@ def _alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class DPMSolver:
     uses_variance_channels = False
+    init_noise_sigma = 1.0  # the initial latents are unit noise
 
     def __init__(self, cfg: ScheduleConfig, *, order: int = 2, karras: bool = False,
                  final_sigmas_type: str = "zero", lower_order_final: bool = True):
@@ -139,6 +140,9 @@ class DPMSolver:
         if self.cfg.thresholding:
             x0 = dynamic_threshold(x0, self.cfg.dynamic_thresholding_ratio, self.cfg.sample_max_value)
         return x0
+
+    def scale_input(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        return x  # the UNet sees the latents as they are
 
     def step(self, model_output: torch.Tensor, t: int, t_prev: int, x: torch.Tensor,
              generator: torch.Generator | None = None, variance: torch.Tensor | None = None) -> torch.Tensor:
