@@ -182,6 +182,9 @@ def test_without_ray_or_without_a_batch_the_flags_end_in_one_line(jobs_file, mod
     none = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "-o", tmp_path,
                      "--ray", "local", "--ray-workers", 0)
     assert none.exit_code == 1 and "error: ray-workers must be at least 1, got 0" in none.stderr
+    both = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "-o", tmp_path,
+                     "--ray", "local", "--server", "http://127.0.0.1:9")
+    assert both.exit_code == 1 and "error: give --ray or --server, not both" in both.stderr
     monkeypatch.setitem(sys.modules, "ray", None)  # as where the extra is not installed
     missing = kandinsky("generate", "--prompts-file", jobs_file, *models, *TINY, "-o", tmp_path / "x",
                         "--ray", "local")
