@@ -237,15 +237,16 @@ def _stream(ray, tasks: list[Task], load: Loading, save, plan: Plan, journal: Pa
     kept = context.enable_progress_bars, context.print_on_execution_start, logging.getLogger("ray.data").level
     context.enable_progress_bars = context.print_on_execution_start = False  # the front end draws progress
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # failures come back as jobs' errors
-    items = [{"index": t.index, "task": pickle.dumps(_portable(t))} for t in tasks]
-    jobs = ray.data.from_items(items, override_num_blocks=len(items))  # one job per block: one per call
-    mapped = jobs.map_batches(
-        Worker, batch_size=1, num_gpus=plan.gpus, num_cpus=plan.cpus,
-        fn_constructor_kwargs={"load": load, "save": save, "journal": str(journal), "inpainting": inpainting,
-                               "hinted": hinted, "gpu": bool(plan.gpus)},
-        compute=ray.data.ActorPoolStrategy(size=plan.workers, max_tasks_in_flight_per_actor=1))
-    rows = iter(mapped.iter_rows())
+    rows = None
     try:
+        items = [{"index": t.index, "task": pickle.dumps(_portable(t))} for t in tasks]
+        jobs = ray.data.from_items(items, override_num_blocks=len(items))  # one job per block: one per call
+        mapped = jobs.map_batches(
+            Worker, batch_size=1, num_gpus=plan.gpus, num_cpus=plan.cpus,
+            fn_constructor_kwargs={"load": load, "save": save, "journal": str(journal),
+                                   "inpainting": inpainting, "hinted": hinted, "gpu": bool(plan.gpus)},
+            compute=ray.data.ActorPoolStrategy(size=plan.workers, max_tasks_in_flight_per_actor=1))
+        rows = iter(mapped.iter_rows())
         for row in rows:
             yield pickle.loads(row["done"])
     except ray.exceptions.RayError as e:
