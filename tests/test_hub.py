@@ -161,13 +161,25 @@ def test_verify_catches_a_corrupt_cached_file_and_pull_fetches_it_again(server, 
 
     proc = kandinsky("models", "verify", "tiny")
     assert one_line_error(proc) == (
-        f"error: 1 of {served_files(server)} files of model tiny are missing or damaged (1 failed verification "
-        "and were removed): run `kandinsky models pull tiny` to fetch them again")
+        f"error: 1 of {served_files(server)} files of model tiny is damaged (1 failed verification and was "
+        "removed): run `kandinsky models pull tiny` to fetch them again")
     assert f"FAILED {repo.id}/{name}: sha256 " in proc.stderr
     server.requests.clear()
     assert kandinsky("models", "pull", "tiny").returncode == 0
     assert [r.path.rsplit("/", 2)[-2:] for r in server.downloads()] == [["movq", "diffusion_pytorch_model.safetensors"]]
     assert kandinsky("models", "verify", "tiny").returncode == 0
+
+
+def test_verify_says_files_were_removed_only_when_some_were(server, env):
+    download.fetch(tiny_repos(), what="model tiny")
+    repo = server.tiny["prior"]
+    name = "text_encoder/config.json"
+    for path in (download.repo_folder(repo.id) / "snapshots").glob(f"*/{name}"):
+        path.unlink()  # a missing file: nothing to remove
+    proc = kandinsky("models", "verify", "tiny")
+    assert one_line_error(proc) == (f"error: 1 of {served_files(server)} files of model tiny is missing: run "
+                                    "`kandinsky models pull tiny` to fetch them again")
+    assert "removed" not in proc.stderr
 
 
 def test_a_truncated_cached_file_is_refused_offline_and_refetched_online(server, env):
@@ -255,6 +267,32 @@ def test_info_and_path(server, env):
 
 
 # ---- end to end ----------------------------------------------------------------------------------------
+
+
+def test_a_weight_tampered_with_its_mtime_kept_gives_no_nan_image_but_a_line_pointing_at_verify(server, env,
+                                                                                                 tmp_path):
+    """The mtime check cannot see a file rewritten with its old mtime; the decoder's NaN still ends the job."""
+    from safetensors.torch import load_file, save_file
+
+    download.fetch(tiny_repos(), what="model tiny")
+    repo = server.tiny["decoder"]
+    name = "movq/diffusion_pytorch_model.safetensors"
+    snapshot_file = download.repo_folder(repo.id) / "snapshots" / repo.commit / name
+    stat = snapshot_file.stat()
+    tensors = load_file(snapshot_file)
+    key = next(k for k in sorted(tensors) if k.startswith("decoder.conv_out") and k.endswith("weight"))
+    tensors[key].fill_(float("nan"))
+    save_file(tensors, snapshot_file.resolve(), metadata={"format": "pt"})
+    os.utime(snapshot_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert snapshot_file.stat().st_size == stat.st_size
+
+    proc = kandinsky("generate", "x", "--model", "tiny", "--offline", "--steps", 2, "--prior-steps", 2, "-W", 64,
+                     "-H", 64, "-o", tmp_path / "x.png", env=env)
+    assert one_line_error(proc) == ("error: the decoded image holds NaN or infinite values: a weight file is "
+                                    "probably damaged: run `kandinsky models verify tiny` (it removes damaged "
+                                    "files; pull fetches them again)")
+    assert not (tmp_path / "x.png").exists()
+    assert f"FAILED {repo.id}/{name}: sha256 " in kandinsky("models", "verify", "tiny").stderr
 
 
 def test_generate_from_hub_ids_end_to_end_then_offline_with_the_server_stopped(server, env, tmp_path):

@@ -197,6 +197,22 @@ def test_bad_inputs_end_with_one_line(case, expect, clip_model, photos, tmp_path
     assert not (tmp_path / "x.png").exists()
 
 
+def test_score_goes_on_past_a_bomb_and_a_folder_named_like_a_picture(clip_model, photos, tmp_path):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    (folder / "a.png").write_bytes((photos / "a.png").read_bytes())
+    (folder / "x.png").mkdir()  # a folder whose name looks like a picture
+    Image.new("L", (10000, 10000)).save(folder / "bomb.png")  # 100 megapixels in a few hundred kB
+    proc = kandinsky("score", folder, "-p", "a red square", "--clip-model", clip_model, "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: image {folder / 'bomb.png'} is 10000x10000, 100 megapixels: above the limit of 64 "
+                      "(set KANDINSKY_MAX_PIXELS to allow more)",
+                      f"error: image {folder / 'x.png'} is a folder, not an image"], proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["image"] for r in rows] == [str(folder / "a.png")]  # the good picture is still scored
+
+
 def _shadow_open_clip(tmp_path, error: str):
     """A folder that, put first on PYTHONPATH, makes ``import open_clip`` raise ``error``: as if it were not
     installed (ImportError), or installed with a torchvision built for another torch (RuntimeError)."""

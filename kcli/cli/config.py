@@ -11,6 +11,7 @@ naming the key and the file, so a typo never passes silently.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -79,6 +80,11 @@ def load_config() -> dict:
 
 
 def load_preset(name: str) -> dict:
+    """A preset by name, from the presets folders only: a path (``../x``, ``/etc/x``) is refused."""
+    if not re.fullmatch(r"\w[\w.-]*", name) or name.endswith(".toml"):
+        raise KandinskyError(f"--preset {name!r}: a preset is a name from the presets folders, not a path "
+                             f"(known: {', '.join(preset_names()) or 'none'}; add your own to "
+                             f"{_preset_dirs()[0]})")
     for folder in _preset_dirs():
         if (folder / f"{name}.toml").is_file():
             return _read(folder / f"{name}.toml", SETTING_TYPES)

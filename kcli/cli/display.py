@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -26,7 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from kcli.cli.render import _short, err_console, human_size, note, out_console
+from kcli.cli.render import _short, err_console, escape, human_size, note, out_console
 
 STAGES = {"load": "loading models", "prior": "prior", "decoder": "decoder", "decode": "MoVQ decode",
           "score": "CLIP score", "embed": "embedding pairs"}
@@ -89,7 +88,7 @@ class DownloadView:
         if self.live and name in self._tasks:
             self._bars().update(self._tasks[name], completed=self._sizes[name])
         elif not self.live and self.lines:
-            self.console.print(f"{name}: {human_size(self._sizes.get(name, 0))}", highlight=False, soft_wrap=True)
+            self.console.print(f"{escape(name)}: {human_size(self._sizes.get(name, 0))}", highlight=False, soft_wrap=True)
 
 
 

@@ -13,9 +13,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    from rich.markup import escape
-
-    from kcli.cli.render import err_console
+    from kcli.cli.render import err_console, escape
 
     err_console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)

@@ -23,12 +23,12 @@ def recorded(meta: dict) -> dict:
     """What ``--from IMAGE`` takes from an image's metadata: its settings, inputs, model and precision."""
     values = read_back(meta, ImageToImage)
     if not meta.get("load"):  # made before the load settings were recorded by name
-        ckpt = meta.get("checkpoints", {})
-        values.update({k: ckpt[k] for k in ("prior", "decoder") if ckpt.get(k)})
+        ckpt = meta.get("checkpoints") if isinstance(meta.get("checkpoints"), dict) else {}
+        values.update(read_back({"load": {k: ckpt[k] for k in ("prior", "decoder") if ckpt.get(k)}}))
         if not (ckpt.get("prior") or ckpt.get("decoder")) and meta.get("model") not in (None, "custom"):
-            values["model"] = meta["model"]
+            values["model"] = read_back({"load": {"model": meta["model"]}})["model"]
         if meta.get("dtype"):
-            values["dtype"] = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(meta["dtype"])
+            values["dtype"] = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(str(meta["dtype"]))
     if values.get("depth_from"):  # estimated again from the photo (the saved hint is its copy)
         values.pop("hint", None)
         values.pop("hint_sha256", None)
@@ -58,8 +58,14 @@ def generate(values: Values) -> None:
     replayed, prompt = None, values["prompt"]
     if values["from_image"] is not None:
         meta = metadata.read(values["from_image"])
-        replayed = recorded(meta)
-        prompt = prompt if prompt is not None else meta.get("settings", {}).get("prompt", "")
+        try:
+            replayed = recorded(meta)
+            for key in ("seed",) + (("prompt",) if prompt is None else ()):
+                if key not in replayed:  # without them the image cannot be made again
+                    raise KandinskyError(f"the metadata has no {key} (settings.{key})")
+        except KandinskyError as e:
+            raise KandinskyError(f"--from {values['from_image']}: {e}") from None
+        prompt = prompt if prompt is not None else replayed["prompt"]
         if {"hint", "depth_from"} & values.given:  # a hint given replaces the recorded one
             replayed = {k: v for k, v in replayed.items() if k not in HINTS}
     init = values["init"] if "init" in values.given or not replayed else replayed.get("init")

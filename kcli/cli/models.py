@@ -124,7 +124,7 @@ def info(name: Name) -> None:
             state = store.inspect(repo)
             status, used = _state(repo)
             render.out_console().print(
-                f"[bold]{role}[/]: {repo.id} @ {repo.revision or 'main (not pinned)'}  "
+                f"[bold]{role}[/]: {render.escape(repo.id)} @ {render.escape(repo.revision or 'main (not pinned)')}  "
                 f"download {_known([repo], detail=True)}, cached: {status}"
                 + (f" ({render.human_size(used)})" if used else ""), highlight=False)
             if state.snapshot is not None:
@@ -179,9 +179,12 @@ def verify(name: Name) -> None:
                                        highlight=False, soft_wrap=True)
         if bad:
             pulled = model.name if model is not None else store.owner(repos[0])
-            damaged = sum(c.reason != "missing" for c in bad)
-            raise KandinskyError(f"{len(bad)} of {len(checks)} files of {label} are missing or damaged ({damaged} "
-                                 f"failed verification and were removed): {store.pull_hint(pulled)} to fetch them again")
+            damaged = sum(c.reason not in ("missing", "not in the cache") for c in bad)
+            what = ("missing" if not damaged else "damaged" if damaged == len(bad) else "missing or damaged")
+            removed = (f" ({damaged} failed verification and {'was' if damaged == 1 else 'were'} removed)"
+                       if damaged else "")
+            raise KandinskyError(f"{len(bad)} of {len(checks)} files of {label} {'is' if len(bad) == 1 else 'are'} "
+                                 f"{what}{removed}: {store.pull_hint(pulled)} to fetch them again")
         typer.echo(f"{label}: {len(checks)} files verified")
 
 

@@ -6,12 +6,36 @@ Human output goes to stderr, so stdout stays free for what scripts read (paths, 
 from __future__ import annotations
 
 import functools
+import unicodedata
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _markup_escape
 from rich.table import Table
 
 from kcli.pipelines.store import human_size  # noqa: F401 (sizes are shown by several commands)
+
+BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")  # text direction overrides
+
+
+def printable(text) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences, carriage returns, bells, C1 codes)
+    and text direction overrides shown as ``\\x1b``-style escapes; newlines and tabs kept. Everything printed
+    that comes from outside (prompts, metadata of images, hub listings, file names) goes through here."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c in "\n\t" or (unicodedata.category(c) != "Cc" and c not in BIDI):
+            out.append(c)
+        else:
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+    return "".join(out)
+
+
+def escape(text) -> str:
+    """Text for Rich: control characters made visible (``printable``), then markup escaped."""
+    return _markup_escape(printable(text))
 
 
 @functools.cache
@@ -53,13 +77,14 @@ def error(message: str) -> None:
 
 def summary(outcomes) -> None:
     """The end of a batch: one row per job."""
-    t = Table("line", "prompt", "status", "output", "s", title="batch", box=None, pad_edge=False,
+    t = Table("line", "prompt", "status", "s", "output", title="batch", box=None, pad_edge=False,
               header_style="bold", title_justify="left")
     colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
+    t.columns[4].overflow = "fold"  # the last column: an error is printed whole, wrapped, never cut
     for o in outcomes:
-        where = ", ".join(p.name for p in o.paths) if o.paths else (o.error or "")
+        where = _short(", ".join(p.name for p in o.paths), 60) if o.paths else (o.error or "")
         t.add_row(str(o.job.line), escape(_short(o.job.prompt or "", 40)), f"[{colour[o.status]}]{o.status}[/]",
-                  escape(_short(where, 60)), f"{o.seconds:.1f}")
+                  f"{o.seconds:.1f}", escape(where))
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
     err_console().print(t)
     err_console().print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)
@@ -73,17 +98,24 @@ def key_values(title: str, rows: list[tuple[str, str]]) -> None:
 
 
 def metadata_table(path, meta: dict) -> None:
-    s = meta.get("settings", {})
+    """How an image was made. The metadata is text anyone can edit: a section or value of another type is
+    shown as it is, never trusted to be what kandinsky writes."""
+    def section(name) -> dict:
+        value = meta.get(name)
+        return value if isinstance(value, dict) else {}
+
+    s = section("settings")
     rows = [("prompt", s.get("prompt", "")), ("negative", s.get("negative") or "-"), ("mode", meta.get("mode")),
             ("seed", s.get("seed")), ("size", f"{s.get('width')}x{s.get('height')}"),
             ("decoder", f"{s.get('steps')} steps, guidance {s.get('guidance')}, sampler {meta.get('sampler')}"),
             ("prior", f"{s.get('prior_steps')} steps, guidance {s.get('prior_guidance')}"),
-            ("model", f"{meta.get('model')} ({meta.get('checkpoints', {}).get('version', '?')})"),
+            ("model", f"{meta.get('model')} ({section('checkpoints').get('version', '?')})"),
             ("device", f"{meta.get('device')} {meta.get('dtype')}, offload {meta.get('offload')}")]
-    rows += [(k, v) for k, v in meta.get("inputs", {}).items()]
-    if meta.get("timings"):
-        rows.append(("timings", ", ".join(f"{k} {v:.1f}s" for k, v in meta["timings"].items())))
-    rows.append(("made by", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())))
+    rows += [(k, v) for k, v in section("inputs").items()]
+    if section("timings"):
+        rows.append(("timings", ", ".join(f"{k} {v:.1f}s" if isinstance(v, (int, float)) else f"{k} {v}"
+                                          for k, v in section("timings").items())))
+    rows.append(("made by", ", ".join(f"{k} {v}" for k, v in section("versions").items())))
     key_values(str(path), rows)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import typer
 
-from kcli.cli import config, metadata, render
+from kcli.cli import config, render
 from kcli.cli import output as out
 from kcli.cli.display import Display
 from kcli.cli.flags import Values
@@ -85,9 +85,14 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
     # 1. everything that needs no model: requests, checks, names, what --resume finds done
     outcomes: dict[int, Outcome] = {}
     todo = []
+    index = None
+    if output.resume:  # read once, from the pictures' metadata only
+        from kcli.cli.resume import Index
+
+        index = Index(out.folder_of(output.output))
     for j, job in enumerate(jobs):
         try:
-            request, paths, done = _prepare(resolved, output, job, build, in_batch)
+            request, paths, done = _prepare(resolved, output, job, build, in_batch, index)
         except KandinskyError as e:
             if not in_batch:
                 raise
@@ -152,7 +157,7 @@ def loading(resolved: dict, todo: list) -> Loading:
     return load
 
 
-def _prepare(resolved: dict, output: Output, job: batch.Job, build: Build, in_batch: bool):
+def _prepare(resolved: dict, output: Output, job: batch.Job, build: Build, in_batch: bool, index=None):
     """A job's request and file names, before any model is loaded; ``done`` when --resume finds it made."""
     if job.error:
         raise KandinskyError(job.error)
@@ -163,28 +168,9 @@ def _prepare(resolved: dict, output: Output, job: batch.Job, build: Build, in_ba
     request = request.seeded()
     request.check()
     folder = out.folder_of(output.output)
-    if output.resume and (found := done_before(folder, request)):
+    if index is not None and (found := index.find(request, values)):
         return request, found, True
     target = output.output if not (in_batch and output.output and output.output.suffix) else folder
     names = out.output_paths(target, job.overrides.get("name") or request.label, request.image_seeds(),
                              output.overwrite, template=values.get("name") or output.name)
     return request, names, False
-
-
-def done_before(folder: Path, request: Request) -> list[Path]:
-    """Images in ``folder`` whose metadata records this very request (for --resume)."""
-    want = {"mode": request.mode, "prompt": request.label, "seed": request.seed, "steps": request.steps,
-            "negative": request.negative}
-    want.update({k: getattr(request, k) for k in ("width", "height") if getattr(request, k)})
-    found = []
-    for path in sorted(folder.glob("*")) if folder.is_dir() else []:
-        if path.suffix.lower() not in out.IMAGE_SUFFIXES:
-            continue
-        try:
-            meta = metadata.read(path)
-        except KandinskyError:
-            continue
-        got = {"mode": meta.get("mode"), **{k: meta.get("settings", {}).get(k) for k in want if k != "mode"}}
-        if got == want:
-            found.append(path)
-    return found

@@ -59,12 +59,31 @@ def recorded_prompt(path: Path) -> str:
     return prompt
 
 
+def usable(paths: list[Path], texts: list[str | None]) -> tuple[list[Path], list[str], int]:
+    """The pictures that can be scored, with their prompts (a None prompt is read from the picture), and how
+    many could not: each of those is reported in one line naming it (a folder named x.png, a picture above the
+    pixel limit, one that is no picture or records no prompt); the others are still scored."""
+    from kcli.cli import render
+    from kcli.pipelines.files import load_image
+
+    good, prompts, failed = [], [], 0
+    for path, text in zip(paths, texts):
+        try:
+            load_image(path, header_only=True)
+            prompts.append(text if text is not None else recorded_prompt(path))
+            good.append(path)
+        except KandinskyError as e:
+            render.error(str(e))
+            failed += 1
+    return good, prompts, failed
+
+
 def _clip(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def prompts_for(images: list[Path], prompt: str | None, prompts_file: Path | None) -> list[str]:
+def prompts_for(images: list[Path], prompt: str | None, prompts_file: Path | None) -> list[str | None]:
     if prompt is not None and prompts_file is not None:
         raise KandinskyError("give either --prompt or --prompts, not both")
     if prompt is not None:
@@ -81,7 +100,7 @@ def prompts_for(images: list[Path], prompt: str | None, prompts_file: Path | Non
             raise KandinskyError(f"{prompts_file} has {len(lines)} prompt(s) for {len(images)} picture(s): "
                                  "one line per picture, in order")
         return lines
-    return [recorded_prompt(p) for p in images]
+    return [None] * len(images)  # each picture's own, read by ``usable``
 
 
 @app.command()
@@ -123,10 +142,11 @@ def score(
         paths = expand(images)
         texts = prompts_for(paths, prompt, prompts_file)
         from kcli.pipelines import Scorer
-        from kcli.pipelines.files import load_image
 
-        for path in paths:  # before the model loads; the pixels are read later, a batch at a time
-            load_image(path, header_only=True)
+        # before the model loads, each picture's header and prompt: a bad one is reported, the others go on
+        paths, texts, failed = usable(paths, texts)
+        if not paths:
+            raise typer.Exit(1)
 
         name = clip_model or default_clip_model()
         with DownloadView(quiet) as progress:
@@ -140,6 +160,10 @@ def score(
             for path, text, value in rows:
                 typer.echo(json.dumps({"image": str(path), "prompt": text, "score": value, "model": scorer.name},
                                       ensure_ascii=False))
+            if failed:
+                raise typer.Exit(1)
             return
         render.table(["score", "image", "prompt"], [[f"{v:.4f}", str(p), _clip(t, 60)] for p, t, v in rows],
                      title=f"CLIP score (cosine similarity), open_clip {scorer.name}")
+        if failed:
+            raise typer.Exit(1)

@@ -22,6 +22,7 @@ from torch import nn
 
 from kcli.loading.errors import CheckpointError
 from kcli.loading.keys import is_leftover
+from kcli.loading.ranges import buildable, in_file
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -206,6 +207,6 @@ def load_module(
         raise CheckpointError(f"{folder} is not a folder")
     config = read_config(folder)
     weights = find_weights(folder)
-    with torch.device("meta"):
+    with torch.device("meta"), in_file(folder / "config.json"), buildable():
         module = build(config)
     return assign_weights(module, read_tensors(weights, dtype, device, channels_last), source=weights, rules=rules)

@@ -12,13 +12,24 @@ import torch
 from torch import nn
 
 from kcli.loading.errors import CheckpointError
+from kcli.loading.ranges import check, count, real
 from kcli.loading.weights import load_module
+from kcli.models.vision import hide_broken_torchvision
 
 MAX_TOKENS = 77
+# sane ranges of the towers' config.json numbers (kcli.loading.ranges); the 2.1 image tower is the largest
+TRANSFORMER_RANGES = {"hidden_size": count(1, 16384), "intermediate_size": count(1, 65536),
+                      "num_hidden_layers": count(1, 256), "num_attention_heads": count(1, 256),
+                      "projection_dim": count(1, 16384), "layer_norm_eps": real(1e-12, 1.0)}
+TEXT_RANGES = {**TRANSFORMER_RANGES, "vocab_size": count(1, 1_000_000), "max_position_embeddings": count(1, 4096)}
+VISION_RANGES = {**TRANSFORMER_RANGES, "image_size": count(1, 4096), "patch_size": count(1, 1024),
+                 "num_channels": count(1, 16)}
 
 
 def _quiet_transformers() -> None:
-    """transformers draws its own progress bars and warnings; the CLI draws ours."""
+    """transformers draws its own progress bars and warnings; the CLI draws ours. (First, a torchvision that
+    cannot be imported is hidden from it: ``kcli.models.vision``.)"""
+    hide_broken_torchvision()
     from transformers.utils import logging
 
     logging.set_verbosity_error()
@@ -42,6 +53,8 @@ def _load(what: str, folder: Path, loader):
 def text_model(config: dict):
     """``CLIPTextModelWithProjection`` built from a ``text_encoder/config.json`` dict, on the current device
     (the caller builds on ``meta`` and assigns the weights)."""
+    check(config, TEXT_RANGES, "CLIP text config")
+    hide_broken_torchvision()
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     cfg = CLIPTextConfig.from_dict(_plain(config))
@@ -51,6 +64,8 @@ def text_model(config: dict):
 
 def vision_model(config: dict):
     """``CLIPVisionModelWithProjection`` built from an ``image_encoder/config.json`` dict (see text_model)."""
+    check(config, VISION_RANGES, "CLIP vision config")
+    hide_broken_torchvision()
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     cfg = CLIPVisionConfig.from_dict(_plain(config))

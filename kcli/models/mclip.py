@@ -15,13 +15,16 @@ import torch
 from torch import nn
 
 from kcli.loading.errors import CheckpointError
+from kcli.loading.ranges import buildable, check, count, in_file, real
 from kcli.loading.weights import assign_weights, find_weights, read_config, read_tensors
 from kcli.models.clip import MAX_TOKENS, _load
+from kcli.models.vision import hide_broken_torchvision
 
 
 class MCLIP(nn.Module):
     def __init__(self, config):
         super().__init__()
+        hide_broken_torchvision()
         from transformers import XLMRobertaModel
 
         self.transformer = XLMRobertaModel(config)
@@ -33,7 +36,17 @@ class MCLIP(nn.Module):
         return self.LinearTransformation(pooled), hidden
 
 
+# sane ranges of text_encoder/config.json's numbers (kcli.loading.ranges): XLM-R large is 24 x 1024
+RANGES = {"numDims": count(1, 16384), "transformerDimensions": count(1, 16384), "hidden_size": count(1, 16384),
+          "intermediate_size": count(1, 65536), "num_hidden_layers": count(1, 256),
+          "num_attention_heads": count(1, 256), "vocab_size": count(1, 1_000_000),
+          "max_position_embeddings": count(1, 8192), "type_vocab_size": count(1, 16),
+          "layer_norm_eps": real(1e-12, 1.0)}
+
+
 def _config(d: dict):
+    check(d, RANGES, "M-CLIP config")
+    hide_broken_torchvision()
     from transformers import XLMRobertaConfig
 
     missing = [k for k in ("numDims", "transformerDimensions", "hidden_size") if k not in d]
@@ -55,13 +68,15 @@ class MCLIPText(nn.Module):
 
     @classmethod
     def load(cls, decoder_dir: Path, *, dtype=None, device="cpu") -> MCLIPText:
+        hide_broken_torchvision()
         from transformers import XLMRobertaTokenizerFast
 
         folder = Path(decoder_dir) / "text_encoder"
         tokenizer = _load("XLM-R tokenizer", Path(decoder_dir) / "tokenizer", XLMRobertaTokenizerFast.from_pretrained)
-        config = _config(read_config(folder))
-        with torch.device("meta"):
-            model = MCLIP(config)
+        with in_file(folder / "config.json"), buildable():
+            config = _config(read_config(folder))
+            with torch.device("meta"):
+                model = MCLIP(config)
         weights = find_weights(folder)
         return cls(tokenizer, assign_weights(model, read_tensors(weights, dtype, device), source=weights))
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from kcli.errors import CheckpointError
 from kcli.loading import keys
+from kcli.loading.ranges import check, count
 from kcli.loading.weights import load_module
 
 EPS = 1e-6
@@ -51,9 +53,16 @@ class MoVQConfig:
     num_vq_embeddings: int = 16384
     mid_block_add_attention: bool = True
 
+    RANGES: ClassVar[dict] = {  # sane ranges of config.json's numbers (kcli.loading.ranges)
+        "block_out_channels": count(1, 8192, many=True), "in_channels": count(1, 16), "out_channels": count(1, 16),
+        "latent_channels": count(1, 64), "vq_embed_dim": count(1, 64), "layers_per_block": count(1, 16),
+        "norm_num_groups": count(1, 1024), "num_vq_embeddings": count(1, 1_000_000),
+    }
+
     @classmethod
     def from_dict(cls, d: dict) -> MoVQConfig:
         """Translate a diffusers ``VQModel`` config.json; missing keys take diffusers' defaults."""
+        check(d, cls.RANGES, "MoVQ config")
 
         def get(key, default, kind=int):
             value = d.get(key, default)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from torch import nn
 
 from kcli.errors import CheckpointError
 from kcli.loading import keys
+from kcli.loading.ranges import check, count
 from kcli.loading.weights import load_module
 from kcli.models.layers import TimestepEmbedding, timestep_embedding
 
@@ -51,6 +53,12 @@ class PriorConfig:
     embedding_proj_dim: int = 768
     clip_embed_dim: int = 768
 
+    RANGES: ClassVar[dict] = {  # sane ranges of config.json's numbers (kcli.loading.ranges)
+        "num_attention_heads": count(1, 256), "attention_head_dim": count(1, 1024), "num_layers": count(1, 256),
+        "embedding_dim": count(1, 16384), "num_embeddings": count(1, 4096), "time_embed_dim": count(1, 65536),
+        "embedding_proj_dim": count(1, 16384), "clip_embed_dim": count(1, 16384),
+    }
+
     @property
     def inner_dim(self) -> int:
         return self.num_attention_heads * self.attention_head_dim
@@ -62,6 +70,7 @@ class PriorConfig:
     @classmethod
     def from_dict(cls, d: dict) -> PriorConfig:
         """Translate a prior/config.json; omitted keys take diffusers' PriorTransformer defaults."""
+        check(d, cls.RANGES, "prior config")
         for key, want in FIXED.items():
             if d.get(key, want) != want:
                 raise CheckpointError(f"prior config: {key}={d[key]!r} is not supported (needs {want!r})")

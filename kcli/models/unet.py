@@ -22,6 +22,7 @@ ai-forever/Kandinsky-2 ``kandinsky2/model/unet.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from torch import nn
 
 from kcli.errors import CheckpointError
 from kcli.loading import keys
+from kcli.loading.ranges import check, count, real
 from kcli.loading.weights import load_module
 from kcli.models.hint import DOWNSCALE, FEATURES, HintEncoder
 from kcli.models.layers import TimestepEmbedding, timestep_embedding
@@ -51,6 +53,14 @@ class UNetConfig:
     addition_embed_type: str  # "image" (2.2), "image_hint" (2.2 ControlNet) or "text_image" (2.1)
     norm_num_groups: int
     norm_eps: float
+
+    RANGES: ClassVar[dict] = {  # sane ranges of config.json's numbers (kcli.loading.ranges)
+        "in_channels": count(1, 64, required=True), "out_channels": count(1, 64, required=True),
+        "block_out_channels": count(1, 8192, many=True, required=True),
+        "layers_per_block": count(1, 16, required=True), "attention_head_dim": count(1, 1024),
+        "cross_attention_dim": count(1, 16384, required=True), "encoder_hid_dim": count(1, 16384, required=True),
+        "norm_num_groups": count(1, 1024), "norm_eps": real(1e-12, 1.0),
+    }
 
     @property
     def time_embed_dim(self) -> int:
@@ -76,6 +86,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
+        check(d, cls.RANGES, "UNet config")
         n = len(d.get("block_out_channels", ()))
         expected = {
             "down_block_types": ["ResnetDownsampleBlock2D"] + ["SimpleCrossAttnDownBlock2D"] * (n - 1),

@@ -13,7 +13,6 @@ GPU for benchmarks/gpu_check.py) and adopted by the placement in the loaders' or
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kcli.loading.weights import read_json
 from kcli.models.clip import MAX_TOKENS, CLIPImage, CLIPText, text_model, vision_model
 from kcli.models.movq import MoVQ, MoVQConfig
 from kcli.models.prior import PriorConfig, PriorTransformer
@@ -71,7 +71,8 @@ class Configs:
 
 
 def _json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A config file, or one line naming it (missing, not UTF-8, not a JSON object)."""
+    return read_json(Path(path))
 
 
 class _Tokens:

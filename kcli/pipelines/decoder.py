@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from kcli.errors import CheckpointError, KandinskyError
+from kcli.loading.ranges import in_file
 from kcli.loading.weights import read_json
 from kcli.models.hint import DOWNSCALE
 from kcli.models.mclip import MCLIPText
@@ -27,6 +28,10 @@ from kcli.samplers import Euler, decoder_sampler
 from kcli.samplers.denoise import denoise
 from kcli.samplers.noise import randn
 from kcli.samplers.schedule import legacy_img2img_noise
+
+
+class NotFinite(KandinskyError):
+    """A decoded picture with NaN or inf in it."""
 
 
 def grid_step(movq_levels: int, unet_levels: int) -> int:
@@ -88,7 +93,10 @@ class DecoderStage:
         folder = Path(folder)
         if not folder.is_dir():
             raise CheckpointError(f"decoder {folder} is not a folder")
-        scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
+        config = folder / "scheduler" / "scheduler_config.json"
+        scheduler = read_json(config)
+        with in_file(config):
+            decoder_sampler(scheduler)  # checked before the models load
         where = placement.weights_device
         # convolutions run fastest channels-last on CPU (bf16: 2x) and on tensor cores: laid out so as they load
         unet = load_unet(folder / "unet", dtype=dtype, device=where, channels_last=True)
@@ -259,8 +267,13 @@ class DecoderStage:
         return self.movq.encode(x)
 
     def decode(self, latents: torch.Tensor, tile: bool | None = None) -> np.ndarray:
-        """(B, 4, h, w) latents -> (B, H, W, 3) uint8 pixels; in tiles when ``tile``, or (None) when large."""
-        return to_uint8(self.decode_tensor(latents, tile))
+        """(B, 4, h, w) latents -> (B, H, W, 3) uint8 pixels; in tiles when ``tile``, or (None) when large.
+        A picture that is not finite (NaN or inf: damaged weights, as a file changed in place) is an error, never
+        a black image."""
+        pixels = self.decode_tensor(latents, tile)
+        if not bool(pixels.isfinite().all()):
+            raise NotFinite("the decoded image holds NaN or infinite values: a weight file is probably damaged")
+        return to_uint8(pixels)
 
     def decode_tensor(self, latents: torch.Tensor, tile: bool | None = None) -> torch.Tensor:
         """``decode`` before the conversion to pixels: (B, 3, H, W) in about [-1, 1], on the device."""

@@ -76,7 +76,11 @@ class DepthEstimator:
 
 @contextlib.contextmanager
 def _quiet_transformers():
-    """No progress bars or load reports from transformers: kandinsky prints its own lines."""
+    """No progress bars or load reports from transformers: kandinsky prints its own lines (and a torchvision
+    that cannot be imported is hidden from it: ``kcli.models.vision``)."""
+    from kcli.models.vision import hide_broken_torchvision
+
+    hide_broken_torchvision()
     from transformers.utils import logging
 
     level = logging.get_verbosity()

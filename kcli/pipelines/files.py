@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 MAX_PIXELS = 64_000_000  # per picture, read from its header before any decode; KANDINSKY_MAX_PIXELS overrides
 HIGH_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}  # mode -> white
@@ -35,7 +36,10 @@ def load_image(path, what: str = "image", header_only: bool = False):
 
     p = str(path)
     try:
-        with Image.open(p) as im:  # reads the header only
+        with warnings.catch_warnings():  # our own limit speaks below, in one line; PIL's warning would not
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(p)
+        with opened as im:  # reads the header only
             limit = max_pixels()
             if im.width * im.height > limit:
                 raise KandinskyError(f"{what} {p} is {im.width}x{im.height}, {im.width * im.height / 1e6:.0f} "

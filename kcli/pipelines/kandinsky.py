@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from kcli.errors import KandinskyError
-from kcli.pipelines.decoder import DecoderStage, check_decoder_hint
+from kcli.pipelines.decoder import DecoderStage, NotFinite, check_decoder_hint
 from kcli.pipelines.devices import resolve_device, resolve_dtype
 from kcli.pipelines.events import Relay
 from kcli.pipelines.memory import choose_memory
@@ -184,7 +184,10 @@ class Kandinsky:
             latents = how.make(s, cpu_generator(s.seed), events.progress)
             t1 = time.perf_counter()
             events.progress("decode", 0, 1)
-            pixels = how.finish(self.decoder.decode(latents, tile=self.load.tile)[0])
+            try:
+                pixels = how.finish(self.decoder.decode(latents, tile=self.load.tile)[0])
+            except NotFinite as e:
+                raise KandinskyError(f"{e}: {self.verify_hint}") from None
             events.progress("decode", 1, 1)
         del latents
         if self.device.type == "cuda":
@@ -216,6 +219,14 @@ class Kandinsky:
         if self.load.model:
             return self.load.model
         return "custom" if self.load.prior or self.load.decoder else _registry_default()
+
+    @property
+    def verify_hint(self) -> str:
+        """What to run when the weights seem damaged."""
+        if self.load.prior or self.load.decoder:
+            return ("check the checkpoint folders (`kandinsky models verify NAME` checks a model in the cache "
+                    "against its checksums)")
+        return f"run `kandinsky models verify {self.model_name}` (it removes damaged files; pull fetches them again)"
 
     @property
     def scored_by(self) -> str:

@@ -12,6 +12,7 @@ import torch
 
 from kcli.errors import CheckpointError, KandinskyError
 from kcli.loading import cache
+from kcli.loading.ranges import in_file
 from kcli.loading.weights import find_weights, read_json
 from kcli.models.clip import CLIPImage, CLIPText
 from kcli.models.prior import PriorTransformer, load_prior
@@ -32,7 +33,9 @@ class PriorStage:
         folder = Path(folder)
         if not folder.is_dir():
             raise CheckpointError(f"prior {folder} is not a folder")
-        sampler = UnCLIPSampler.from_dict(read_json(folder / "scheduler" / "scheduler_config.json"))
+        config = folder / "scheduler" / "scheduler_config.json"
+        with in_file(config):
+            sampler = UnCLIPSampler.from_dict(read_json(config))
         prior = placement.attach(load_prior(folder / "prior", dtype=dtype, device=placement.weights_device))
         text = placement.attach_encoder(CLIPText.load(folder, dtype=dtype, device=placement.weights_device))
         return cls(folder, text, prior, sampler, dtype, placement)

@@ -211,12 +211,55 @@ def record(request) -> dict:
 
 
 def read_back(meta: dict, *classes) -> dict:
-    """The settings ``--from`` takes from an image's metadata, by name (``settings``, ``inputs``, ``load``)."""
-    names = {n for cls in (Loading, Sampling, *classes) for n in recorded_names(cls)}
+    """The settings ``--from`` takes from an image's metadata, by name (``settings``, ``inputs``, ``load``).
+    Each value must have its setting's type (a number where a number goes, finite: ``check_ranges`` follows),
+    or one line names the field: the metadata is text anyone can edit."""
+    types_ = {f.name: f.type for cls in (Loading, Sampling, *classes) for f in settings_of(cls)
+              if spec_of(f).recorded}
     found = {}
     for section in ("load", "settings", "inputs"):
-        found.update({k: v for k, v in (meta.get(section) or {}).items() if k in names and v is not None})
+        values = meta.get(section)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise KandinskyError(f"the metadata's {section!r} must be an object, got {_shown(values)}")
+        for k, v in values.items():
+            if k in types_ and v is not None:
+                found[k] = typed(f"the metadata's {k}", v, types_[k])
     return found
+
+
+def typed(what: str, value, kind):
+    """``value`` as the setting type ``kind`` (int, float, str, bool, Path, a tuple of them), from JSON: an int
+    stands for a float, a string for a path, a list for a tuple; anything else is one line naming ``what``."""
+    want = base_type(kind)
+    if want is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise KandinskyError(f"{what} must be a list, got {_shown(value)}")
+        shape = next((a for a in (kind, *typing.get_args(kind)) if typing.get_origin(a) is tuple), None)
+        inner = [a for a in typing.get_args(shape) if a is not Ellipsis]  # tuple[float, ...] -> [float]
+        return tuple(typed(what, v, inner[0]) if inner else _scalar(what, v) for v in value)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want is Path and isinstance(value, str):
+        return value
+    if want in (int, float, str, bool) and isinstance(value, want) and not (want is not bool and
+                                                                          isinstance(value, bool)):
+        return value
+    name = {int: "a whole number", float: "a number", str: "text", bool: "true or false", Path: "a path"}.get(
+        want, want.__name__)
+    raise KandinskyError(f"{what} must be {name}, got {_shown(value)}")
+
+
+def _scalar(what: str, value):
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return value
+    raise KandinskyError(f"{what} must be text or a number, got {_shown(value)}")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _plain(value):

@@ -23,6 +23,18 @@ def system_report() -> list[tuple[str, str]]:
             rows.append((name, "missing"))
     from importlib.metadata import PackageNotFoundError, version
 
+    from kcli.models.vision import FIX, torchvision_problem
+
+    problem = torchvision_problem()
+    if problem:
+        rows.append(("torchvision", f"PROBLEM: it cannot be imported ({problem}); kandinsky uses the PIL image "
+                                    f"processors instead. Fix: {FIX}"))
+    else:
+        try:
+            rows.append(("torchvision", version("torchvision")))
+        except PackageNotFoundError:
+            rows.append(("torchvision", "not installed (not needed)"))
+
     try:  # the version from the package record: importing open_clip would take seconds
         rows.append(("open_clip", f"{version('open_clip_torch')} (kandinsky score, --scorer openclip)"))
     except PackageNotFoundError:

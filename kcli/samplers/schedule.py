@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from kcli.errors import CheckpointError, KandinskyError
+from kcli.loading.ranges import check, count, real
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("leading", "trailing", "linspace")
@@ -41,9 +43,22 @@ class ScheduleConfig:
     steps_offset: int = 0
     set_alpha_to_one: bool = True
 
+    RANGES: ClassVar[dict] = {  # sane ranges of scheduler_config.json's numbers (kcli.loading.ranges)
+        "num_train_timesteps": count(2, 100_000), "beta_start": real(1e-12, 0.999), "beta_end": real(1e-12, 0.999),
+        "clip_sample_range": real(1e-6, 1e6), "dynamic_thresholding_ratio": real(0.0, 1.0),
+        "sample_max_value": real(1e-6, 1e6), "steps_offset": count(0, 100),
+    }
+
     @classmethod
     def from_dict(cls, d: dict) -> ScheduleConfig:
         """Translate a scheduler_config.json; keys it omits take diffusers' defaults for that class."""
+        check(d, cls.RANGES, "scheduler config")
+        for name in ("_class_name", "beta_schedule", "prediction_type", "variance_type", "timestep_spacing"):
+            if name in d and not isinstance(d[name], str):
+                raise CheckpointError(f"scheduler config: {name} must be text, got {d[name]!r}")
+        for name in ("clip_sample", "thresholding", "set_alpha_to_one"):
+            if name in d and not isinstance(d[name], bool):
+                raise CheckpointError(f"scheduler config: {name} must be true or false, got {d[name]!r}")
         fields = {f for f in cls.__dataclass_fields__ if f != "kind"}
         cfg = cls(kind=d.get("_class_name", "DDPMScheduler"), **{k: v for k, v in d.items() if k in fields})
         for name, allowed in (("beta_schedule", BETA_SCHEDULES), ("timestep_spacing", SPACINGS),

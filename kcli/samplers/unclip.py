@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from kcli.errors import CheckpointError
+from kcli.loading.ranges import check, count, real
 from kcli.samplers.noise import randn
 from kcli.samplers.schedule import cosine_betas
 
@@ -34,21 +36,21 @@ class UnCLIPConfig:
     clip_sample: bool = True
     clip_sample_range: float = 1.0
 
+    RANGES: ClassVar[dict] = {  # sane ranges of scheduler_config.json's numbers (kcli.loading.ranges)
+        "num_train_timesteps": count(2, 100_000), "clip_sample_range": real(1e-6, 1e6)}
+
     @classmethod
     def from_dict(cls, d: dict) -> UnCLIPConfig:
         """Translate a scheduler/scheduler_config.json; omitted keys take UnCLIPScheduler's defaults."""
+        check(d, cls.RANGES, "prior scheduler")
         for key, want, default in FIXED:
             if d.get(key, default) != want:
                 raise CheckpointError(f"prior scheduler: {key}={d.get(key, default)!r} is not supported "
                                       f"(needs {want!r})")
         T, clip = d.get("num_train_timesteps", 1000), d.get("clip_sample", True)
         r = d.get("clip_sample_range", 1.0)
-        if isinstance(T, bool) or not isinstance(T, int) or T < 2:
-            raise CheckpointError(f"prior scheduler: num_train_timesteps={T!r} is not an integer >= 2")
         if not isinstance(clip, bool):
             raise CheckpointError(f"prior scheduler: clip_sample={clip!r} is not true/false")
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
-            raise CheckpointError(f"prior scheduler: clip_sample_range={r!r} is not a positive number")
         return cls(num_train_timesteps=T, clip_sample=clip, clip_sample_range=float(r))
 
 
