@@ -189,6 +189,21 @@ class Display(DownloadView):
         if not self.live:
             self.console.print(f"job {index}/{count}: {escape(_short(prompt, 60))}", highlight=False)
 
+    def jobs(self, done: int, total: int, images: int, seconds: float) -> None:
+        """A batch's jobs finishing elsewhere (on a cluster): jobs done of all, images per minute, time left."""
+        if self.quiet:
+            return
+        rate = f"{images * 60 / seconds:.1f} img/min" if seconds > 0 else ""
+        if self.live:
+            bars = self._stage_bars()
+            if "jobs" not in self._stages:
+                self._stages["jobs"] = bars.add_task("jobs", total=total, rate="")
+            bars.update(self._stages["jobs"], completed=done, rate=rate)
+            return
+        left = round((total - done) * seconds / done) if done else 0
+        self.console.print(f"jobs {done}/{total}, {images} images, {rate}, ETA {left // 60}:{left % 60:02d}",
+                           highlight=False)
+
     def saved(self, path: Path, result, job_line: int = 0) -> None:
         """An image is on disk: its path to stdout at once (or, on a terminal, in the summary)."""
         seconds = sum(result.timings.values())

@@ -69,7 +69,7 @@ def save_image(image, path: Path, meta: dict | None = None, overwrite: bool = Fa
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         sweep_parts(path.parent)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")  # unique per save
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}-{_host()}.part")  # unique
         try:
             fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
             extra = metadata.save_kwargs(path, meta) if meta else {}
@@ -111,15 +111,24 @@ def _claim(tmp: Path, path: Path) -> Path:
 _swept: set[Path] = set()
 
 
+def _host() -> str:
+    """This machine, in a part file's name: a folder shared by several machines (a cluster's) holds parts whose
+    process ids mean nothing here."""
+    import socket
+    import zlib
+
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
 def sweep_parts(folder: Path) -> None:
-    """Delete the ``.NAME.PID-TOKEN.part`` files that processes which no longer run left in ``folder`` (killed
-    while saving); once per folder and process."""
+    """Delete the ``.NAME.PID-TOKEN-HOST.part`` files that processes of this machine which no longer run left in
+    ``folder`` (killed while saving); once per folder and process."""
     if folder in _swept:
         return
     _swept.add(folder)
     for part in folder.glob(".*.part"):
-        pid = part.name.rsplit(".", 2)[-2].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        pid, *rest = part.name.rsplit(".", 2)[-2].split("-")
+        if pid.isdigit() and rest[1:2] in ([], [_host()]) and not _alive(int(pid)):
             part.unlink(missing_ok=True)
 
 

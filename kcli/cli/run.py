@@ -67,6 +67,12 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
     resolved = layered(values, classes, recorded)
     output = pick(Output, resolved)
     in_batch = batchable and output.prompts_file is not None
+    if output.ray_workers is not None and not output.ray:
+        raise KandinskyError("--ray-workers goes with --ray")
+    if output.ray and not in_batch:
+        raise KandinskyError("--ray runs the jobs of a --prompts-file")
+    if output.ray and output.server:
+        raise KandinskyError("give --ray or --server, not both")
     if in_batch:
         if prompt:
             raise KandinskyError("give either a prompt or --prompts-file, not both")
@@ -102,10 +108,12 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
         render.info(f"seed: {todo[0][2].seed}")
 
     # 2. open once, then each job; a failing job is reported and the others go on
-    if todo:
-        load = pick(Loading, resolved)
-        if all(r.best_of == 1 for _, _, r, _ in todo):
-            load = dataclasses.replace(load, scorer="prior")  # nothing to rank: load no scorer
+    if todo and output.ray:  # the same jobs, names and saving on every GPU of a cluster
+        from kcli.cli.cluster import run_on_ray
+
+        run_on_ray(output, loading(resolved, todo), todo, outcomes)
+    elif todo:
+        load = loading(resolved, todo)
         with Display(output.quiet, output.json) as display:
             server = output.server or os.environ.get("KANDINSKY_SERVER")
             if server:  # the server's models do the work; files and metadata are written here as usual
@@ -165,6 +173,14 @@ def _dry_run(load: Loading, requests: list[Request], output: Output) -> None:
             "needs": needs + (f" of {plan.free / gib:.2f} GiB" if plan.free is not None else "")}
     for name, value in rows.items():
         typer.echo(f"{name + ':':9} {value}")
+
+
+def loading(resolved: dict, todo: list) -> Loading:
+    """What the jobs' model is opened with."""
+    load = pick(Loading, resolved)
+    if all(r.best_of == 1 for _, _, r, _ in todo):
+        load = dataclasses.replace(load, scorer="prior")  # nothing to rank: load no scorer
+    return load
 
 
 def _prepare(resolved: dict, output: Output, job: batch.Job, build: Build, in_batch: bool, index=None):

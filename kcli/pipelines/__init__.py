@@ -6,10 +6,10 @@
         result.image.save(f"corgi-{result.seed}.png")
 
 Public: the names below, and the torch-free modules ``settings`` (the one declaration of every setting),
-``requests``, ``events``, ``batch`` (prompts files), ``store`` (the model cache) and ``files`` (reading
-pictures) and ``imagemeta`` (the metadata image files carry). The heavy names (``Kandinsky``, ``Result``,
-``Scorer`` ...) load torch on first use only, so
-``import kcli.pipelines`` stays cheap.
+``requests``, ``events``, ``batch`` (prompts files), ``store`` (the model cache), ``files`` (reading
+pictures), ``imagemeta`` (the metadata image files carry) and ``raybatch`` (a batch on a Ray cluster; Ray is
+imported on first use). The heavy names (``Kandinsky``, ``Result``, ``Scorer`` ...) load torch on first use
+only, so ``import kcli.pipelines`` stays cheap.
 """
 
 from kcli.pipelines.events import Events
@@ -24,7 +24,7 @@ from kcli.pipelines.requests import (
 )
 from kcli.pipelines.settings import Loading, Output, Sampling
 
-PUBLIC_MODULES = ("settings", "requests", "events", "batch", "store", "files", "imagemeta")
+PUBLIC_MODULES = ("settings", "requests", "events", "batch", "store", "files", "imagemeta", "raybatch")
 _HEAVY = {  # name -> module, imported on first use
     "Kandinsky": "kcli.pipelines.kandinsky", "Result": "kcli.pipelines.kandinsky",
     "Scorer": "kcli.pipelines.scoring", "fit_linear_prior": "kcli.pipelines.linear_prior",

@@ -152,6 +152,13 @@ class Output:
                                        "input.", panel=BATCH, file=False, commands=FROM_A_PROMPT_LIST)
     resume: bool = setting(False, "Skip jobs whose images are already in the output folder.", panel=BATCH,
                            file=False, commands=FROM_A_PROMPT_LIST)
+    ray: str | None = setting(None, "Run the batch's jobs on a Ray cluster: local (a private one on "
+                              "this machine), auto (the one `ray start` made) or its ADDRESS; -o must be a "
+                              "folder every node shares. Needs the \\[ray] extra.", panel=BATCH, file=False,
+                              commands=FROM_A_PROMPT_LIST)
+    ray_workers: int | None = setting(None, "With --ray: at most N workers (default: one per GPU, or one per "
+                                      "node when the cluster has none).", panel=BATCH, min=1, max=100_000,
+                                      file=False, commands=FROM_A_PROMPT_LIST)
     output: Path | None = setting(None, "Output file, or folder (default: this folder).", short="-o",
                                   panel=OUTPUT)
     name: str = setting("{date}-{slug}-{seed}", "File name template in a folder: {fields}.", panel=OUTPUT,
