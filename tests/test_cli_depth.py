@@ -43,7 +43,7 @@ def test_hint_text_to_image_equals_diffusers_and_is_recorded(prior22, controlnet
     want = reference(reference22.prior_pipe, controlnet22, s, as_diffusers_hint(Image.open(hints["wide"])))
     oracle.assert_images_match(png(out), want)
 
-    from kcli.cli import metadata
+    from kcli.pipelines import imagemeta as metadata
     from kcli.pipelines.files import file_sha256
 
     inputs = metadata.read(out)["inputs"]
@@ -77,7 +77,7 @@ def test_batch_hint_key(prior22, controlnet22, hints, pictures, tmp_path):
     assert proc.returncode == 1  # the broken hint fails its own job only, before the models load
     (saved,) = [p for p in map(Path, proc.stdout.split()) if p.suffix == ".png"]
     assert "cannot be read as an image" in proc.stderr and saved.exists()
-    from kcli.cli import metadata
+    from kcli.pipelines import imagemeta as metadata
 
     assert metadata.read(saved)["inputs"]["hint"] == str(hints["square"].resolve())
 
@@ -142,7 +142,7 @@ def test_depth_from_fetches_estimates_saves_and_replays_offline(prior22, control
     hint = Image.open(tmp_path / "a-hint.png")
     assert hint.mode == "L" and hint.size == Image.open(pictures["picture"]).size  # the photo's size
     assert np.ptp(np.asarray(hint)) == 255  # stretched to 0..255
-    from kcli.cli import metadata
+    from kcli.pipelines import imagemeta as metadata
 
     inputs = metadata.read(tmp_path / "a.png")["inputs"]
     assert inputs["depth_model"] == "someone/tiny-dpt" and inputs["hint"] == str((tmp_path / "a-hint.png").resolve())
@@ -197,7 +197,7 @@ def test_a_hint_picks_model_2_2_depth_and_its_depth_model_pulled_ahead(prior22, 
     proc = kandinsky("generate", PROMPT, "--depth-from", pictures["square"], "--offline", "--seed", 1, "-W", 64,
                      "-H", 64, *STEPS, "-o", out, env=env)
     assert proc.returncode == 0, proc.stderr
-    from kcli.cli import metadata
+    from kcli.pipelines import imagemeta as metadata
 
     meta = metadata.read(out)
     assert meta["model"] == "2.2-depth" and meta["inputs"]["depth_model"] == "someone/tiny-dpt"

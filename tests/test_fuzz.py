@@ -22,7 +22,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from typer.testing import CliRunner
 
-from kcli.cli import app, metadata
+from kcli.cli import app
+from kcli.pipelines import imagemeta as metadata
 
 CHEAP = ["--steps", "1", "--prior-steps", "1", "--device", "cpu", "--offline"]
 SEED = 15  # the number: the same cases on every run

@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from test_cli import run
 from typer.testing import CliRunner
 
-from kcli.cli import app, metadata
+from kcli.cli import app
+from kcli.pipelines import imagemeta as metadata
 
 TINY = ["--steps", "2", "--prior-steps", "2", "-W", "64", "-H", "64", "--device", "cpu"]
 
@@ -94,7 +95,7 @@ def test_resume_reads_a_big_folder_once_without_decoding_and_reruns_jobs_whose_s
         made, prior22, decoder22, tmp_path, monkeypatch):
     from PIL import ImageFile
 
-    from kcli.cli import resume
+    from kcli.pipelines import resume
 
     _, meta = made
     out = tmp_path / "out"
@@ -125,8 +126,8 @@ def test_resume_reads_a_big_folder_once_without_decoding_and_reruns_jobs_whose_s
 
 
 def test_resume_does_not_skip_a_job_made_by_another_model(made, prior22, decoder22, tmp_path):
-    from kcli.cli.resume import Index
     from kcli.pipelines import TextToImage
+    from kcli.pipelines.resume import Index
 
     path, _ = made
     shutil.copy(path, tmp_path / "cat.png")

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from test_cli import one_line_error
 
-from kcli.cli import metadata
+from kcli.pipelines import imagemeta as metadata
 
 CLIP_TEST_PROMPTS = ["a red square", "a blue circle at night", "ein Hund"]
 

@@ -135,7 +135,7 @@ def test_openai_generate_and_edit_equal_the_cli(server, local, pictures, masks):
 ])
 def test_the_cli_with_server_writes_the_same_file_as_a_local_run(server, local, pictures, masks, tmp_path, name,
                                                                   args):
-    from kcli.cli import metadata
+    from kcli.pipelines import imagemeta as metadata
 
     paths = {"square": pictures["square"], "white": masks["white"]}
     args = [a.format(**{k: str(v) for k, v in paths.items()}) if isinstance(a, str) else a for a in args]
@@ -208,7 +208,7 @@ def test_png_info_models_and_options_and_no_cors_by_default(server):
 
 
 def test_fuse_vary_and_outpaint_through_the_server_record_this_machines_inputs(server, pictures, tmp_path):
-    from kcli.cli import metadata
+    from kcli.pipelines import imagemeta as metadata
 
     tiny = ["--steps", 1, "--prior-steps", 1, "--server", server.url]
     fused = run("fuse", "a red cat", pictures["square"], "--weights", "1,3", "-W", 64, "-H", 64, *tiny, "-o",

@@ -3,9 +3,10 @@
 import pytest
 from PIL import Image
 
-from kcli.cli import config, metadata
+from kcli.cli import config
 from kcli.errors import KandinskyError
 from kcli.pipelines import batch
+from kcli.pipelines import imagemeta as metadata
 
 
 def test_shipped_presets_parse_and_use_known_keys():

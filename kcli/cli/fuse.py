@@ -5,8 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kcli.cli.flags import Values, generating
-from kcli.cli.output import IMAGE_SUFFIXES, slug
+from kcli.cli.output import slug
 from kcli.errors import KandinskyError
+from kcli.pipelines.imagemeta import IMAGE_SUFFIXES
 from kcli.pipelines.requests import Fuse, Vary
 from kcli.pipelines.settings import INPUT, setting
 

@@ -52,8 +52,8 @@ def hint_file(output: Path | None, photo: Path, overwrite: bool) -> Path:
 @generating("generate", TextToImage, ImageToImage, Replay, size="512, or --init's",
             doc="Make images from a text prompt (and a starting picture with --init, a depth picture with --hint).")
 def generate(values: Values) -> None:
-    from kcli.cli import metadata
     from kcli.cli.run import pick, run
+    from kcli.pipelines import imagemeta as metadata
 
     replayed, prompt = None, values["prompt"]
     if values["from_image"] is not None:

@@ -24,7 +24,8 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full metadata as JSON.")] = False,
 ) -> None:
     """Show how an image was made (prompt, seed, settings, model), from its metadata."""
-    from kcli.cli import metadata, render
+    from kcli.cli import render
+    from kcli.pipelines import imagemeta as metadata
 
     with user_errors():
         meta = metadata.read(image)

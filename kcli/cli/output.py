@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from kcli.errors import KandinskyError
+from kcli.pipelines.imagemeta import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 FIELDS = ("date", "time", "slug", "seed", "index")  # what --name templates may use
 
 
@@ -64,7 +64,7 @@ def save_image(image, path: Path, meta: dict | None = None, overwrite: bool = Fa
     """Write ``image`` (with ``meta`` embedded) and return where it went: to a temporary name first, so a crash
     or Ctrl-C leaves no partial file, then onto ``path`` or, if that is taken, ``name-2``, ``name-3`` ...
     The name is claimed atomically, so runs writing into one folder at once never overwrite each other."""
-    from kcli.cli import metadata
+    from kcli.pipelines import imagemeta as metadata
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

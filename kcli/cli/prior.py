@@ -10,8 +10,8 @@ import typer
 
 from kcli.cli import app
 from kcli.cli.errors import user_errors
-from kcli.cli.output import IMAGE_SUFFIXES
 from kcli.errors import KandinskyError
+from kcli.pipelines.imagemeta import IMAGE_SUFFIXES
 
 prior_app = typer.Typer(help="The prior's own tools: fit a linear prior.", no_args_is_help=True)
 app.add_typer(prior_app, name="prior")

@@ -87,7 +87,7 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
     todo = []
     index = None
     if output.resume:  # read once, from the pictures' metadata only
-        from kcli.cli.resume import Index
+        from kcli.pipelines.resume import Index
 
         index = Index(out.folder_of(output.output))
     for j, job in enumerate(jobs):

@@ -10,8 +10,8 @@ import typer
 
 from kcli.cli import app
 from kcli.cli.errors import user_errors
-from kcli.cli.output import IMAGE_SUFFIXES
 from kcli.errors import KandinskyError
+from kcli.pipelines.imagemeta import IMAGE_SUFFIXES
 
 DEFAULT_CLIP_MODEL = "ViT-L-14/openai"  # the scorer's default (kcli.pipelines.scoring), named without torch
 
@@ -39,7 +39,7 @@ def expand(items: list[Path]) -> list[Path]:
 
 def recorded_prompt(path: Path) -> str:
     """The prompt an image carries: kandinsky's own metadata, else an AUTOMATIC1111-style ``parameters`` text."""
-    from kcli.cli import metadata
+    from kcli.pipelines import imagemeta as metadata
 
     try:
         prompt = metadata.read(path).get("settings", {}).get("prompt")

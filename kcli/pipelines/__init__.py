@@ -24,7 +24,7 @@ from kcli.pipelines.requests import (
 )
 from kcli.pipelines.settings import Loading, Output, Sampling
 
-PUBLIC_MODULES = ("settings", "requests", "events", "batch", "store", "files", "imagemeta", "raybatch")
+PUBLIC_MODULES = ("settings", "requests", "events", "batch", "store", "files", "imagemeta", "raybatch", "resume")
 _HEAVY = {  # name -> module, imported on first use
     "Kandinsky": "kcli.pipelines.kandinsky", "Result": "kcli.pipelines.kandinsky",
     "Scorer": "kcli.pipelines.scoring", "fit_linear_prior": "kcli.pipelines.linear_prior",

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kcli.cli import metadata
-from kcli.cli.output import IMAGE_SUFFIXES
 from kcli.errors import KandinskyError
-from kcli.pipelines import Loading, Request
+from kcli.pipelines import imagemeta as metadata
 from kcli.pipelines.files import file_sha256
-from kcli.pipelines.requests import DEFAULT_SIZE
-from kcli.pipelines.settings import RECORDED_ONLY, record, recorded_names, settings_of, spec_of
+from kcli.pipelines.imagemeta import IMAGE_SUFFIXES
+from kcli.pipelines.requests import DEFAULT_SIZE, Request
+from kcli.pipelines.settings import RECORDED_ONLY, Loading, record, recorded_names, settings_of, spec_of
 
 HASHED = "_sha256"  # a recorded-only setting NAME_sha256 holds the hash of the file the setting NAME names
 
