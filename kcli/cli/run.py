@@ -103,7 +103,8 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
         with Display(output.quiet, output.json) as display:
             k = Kandinsky.open(**dataclasses.asdict(load), events=display,
                                inpainting=any(r.inpainting for _, _, r, _ in todo),
-                               hinted=any(r.hinted for _, _, r, _ in todo))
+                               hinted=any(r.hinted for _, _, r, _ in todo),
+                               zero_embed=any(r.negative is None for _, _, r, _ in todo))
             _make(k, todo, len(jobs), outcomes, output, display, in_batch)
     ordered = [outcomes[j] for j in sorted(outcomes)]
     if in_batch and not output.quiet:

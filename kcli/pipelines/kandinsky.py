@@ -78,13 +78,16 @@ class Kandinsky:
 
     @classmethod
     def open(cls, model: str | None = None, *, events=None, inpainting: bool = False, hinted: bool | None = None,
-             **settings) -> Kandinsky:
+             zero_embed: bool = True, **settings) -> Kandinsky:
         """Open ``model`` (a registry name; ``prior=``/``decoder=`` take folders or hub ids) with the settings
         of ``Loading`` (device, dtype, memory, offload, offline, compile, tile, scorer, clip_model).
         ``inpainting`` loads the inpainting decoder first (inpaint and outpaint need it; ``run`` swaps
         decoders when a request needs the other one). ``hinted``: whether the requests to come give hint
         pictures; True picks model 2.2-depth when neither a model nor a decoder is named, and either way the
-        decoder is checked against it before any weights load (None: each request is checked when it runs)."""
+        decoder is checked against it before any weights load (None: each request is checked when it runs).
+        ``zero_embed``: make the zero-image embedding (what a request without a negative prompt needs) before
+        the decoder loads, when it is not cached yet, so that its 1.8B-parameter image encoder never shares
+        memory with the decoder; False leaves it to the first request that needs it."""
         if hinted and model is None and settings.get("decoder") is None:
             from kcli.loading.hub import DEPTH_MODEL
 
@@ -108,6 +111,9 @@ class Kandinsky:
         placement = Placement(offload, device)
         relay.progress("load", 0, 2)
         prior = PriorStage.load(prior_dir, dtype=dtype, placement=placement)
+        if zero_embed:  # made (or read from the cache) now, so the 1.8B image encoder never meets the decoder
+            with torch.inference_mode():
+                prior.zero_embed()
         relay.progress("load", 1, 2)
         decoder = _load_decoder(decoder_dir, dtype, placement, load)
         relay.progress("load", 2, 2)
