@@ -1,6 +1,7 @@
 """Several images per UNet call: each image (its latents, its pixels) is the image of its single run."""
 
 import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -56,7 +57,7 @@ def assert_same_images(batched, singles):
         assert np.abs(a - b).max() <= 1 and (a != b).mean() <= 0.01
 
 
-BASE = dict(width=64, height=64, steps=3, prior_steps=2)
+BASE = {"width": 64, "height": 64, "steps": 3, "prior_steps": 2}
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
@@ -104,7 +105,7 @@ def test_jobs_with_different_settings_are_not_grouped(spy):
     jobs = [TextToImage("a", seed=1, **BASE), TextToImage("b", seed=2, **{**BASE, "steps": 2}),
             TextToImage("c", seed=3, guidance=1.0, **BASE), TextToImage("d", seed=4, negative="x", **BASE),
             TextToImage("e", seed=5, **{**BASE, "width": 128})]
-    out, latents, rows = spy.run(jobs, batch=4)
+    _, latents, rows = spy.run(jobs, batch=4)
     assert rows == [2, 2, 2] + [2, 2] + [1, 1, 1] + [2, 2, 2] + [2, 2, 2]
     assert [tuple(x.shape[-2:]) for x in latents][-1] != tuple(latents[0].shape[-2:])
     assert len({group_key(j) for j in jobs}) == 5

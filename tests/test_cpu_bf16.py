@@ -33,7 +33,7 @@ def test_flags_are_read_from_cpuinfo(tmp_path):
 
 
 def test_doctor_says_whether_bf16_pays(monkeypatch):
-    import kcli.pipelines.devices as devices
+    from kcli.pipelines import devices
 
     monkeypatch.setattr(devices, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": SKYLAKE | {"avx512_bf16"})
     out = CliRunner().invoke(app, ["doctor"], env={"COLUMNS": "240"}).output
