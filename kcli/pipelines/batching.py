@@ -5,8 +5,8 @@ prompt and seed run as one batch of rows. Each image keeps its own CPU generator
 and draws what its single run draws, in the same order, so it stays the image of its single run; the rows of a
 batch never mix (every model here is row-independent), only the arithmetic's blocking may change the last bits.
 
-The cap (``images_per_call``) is the one place that says how many: on CUDA 4, where one image leaves the GPU
-underused; on the CPU 1, where one image already keeps every core busy and a batch is no faster
+The cap (``images_per_call``) is the one place that says how many: on CUDA 4 with every model resident (the
+memory levels that offload plan for one image, and keep to it); on the CPU 1, where one image already keeps every core busy and a batch is no faster
 (docs/benchmarks.md, "batched images"). ``--batch N`` overrides it.
 """
 
@@ -22,11 +22,14 @@ CUDA_BATCH = 4
 CPU_BATCH = 1
 
 
-def images_per_call(device: torch.device, asked: int | None = None) -> int:
-    """The most images one UNet call makes: ``asked`` (``--batch``), else the device's default."""
+def images_per_call(device: torch.device, asked: int | None = None, offload: str = "none") -> int:
+    """The most images one UNet call makes: ``asked`` (``--batch``), else the device's default. Under offload
+    (``--memory balanced``, ``low``, ``min``) the memory plan is made for one image: one at a time then."""
     if asked is not None:
         return max(1, int(asked))
-    return CUDA_BATCH if device.type == "cuda" else CPU_BATCH
+    if device.type != "cuda":
+        return CPU_BATCH
+    return CUDA_BATCH if offload == "none" else 1
 
 
 def group_key(request):

@@ -65,7 +65,7 @@ class Kandinsky:
         self.prior, self.decoder, self.placement, self.dtype = prior, decoder, placement, dtype
         self.device = placement.device
         self.load = load or Loading()
-        self.batch = images_per_call(self.device, self.load.batch)  # images per UNet call
+        self.batch = images_per_call(self.device, self.load.batch, placement.mode.value)  # images per UNet call
         self.scorer = scorer  # what ranks best_of candidates: None is the prior's own CLIP
         self.events = Relay(events)
         self.folders = {"prior": prior.folder, "decoder": decoder.folder}
