@@ -206,7 +206,7 @@ class Bench:
         if run.error():
             self.notes.append(f"Batched images: not measured ({run.error()}).")
             return
-        s = run.result["seconds"]
+        s = {"4": run.result["batched"], "1": run.result["single"]}
         per_min = {b: 4 * 60 / s[b] for b in ("4", "1")}
         a = self.args
         self.batch_table = (

@@ -193,8 +193,8 @@ def worker_batched(spec: dict) -> dict:
             sync()
             times[batch].append(time.perf_counter() - t0)
             assert len(images) == 4
-    return {"seconds": {str(b): statistics.median(t) for b, t in times.items()},
-            "times": {str(b): t for b, t in times.items()}}
+    return {"seconds": statistics.median(times[4]), "batched": statistics.median(times[4]),
+            "single": statistics.median(times[1]), "times": {str(b): t for b, t in times.items()}}
 
 
 WORKERS = {"build": worker_build, "load": worker_load, "unet": worker_unet, "prior": worker_prior,
