@@ -115,17 +115,21 @@ def _read_safetensors(path: Path, dtype, device: torch.device, channels_last: bo
         for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
             if key not in convert:
                 tensors[key] = f.get_tensor(key)
+    if not convert:
+        return tensors
+    sizes = [header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in convert]
+    scratch = torch.empty(max(sizes), dtype=torch.uint8)  # one buffer for all: its pages fault in once
     with open(path, "rb", buffering=0) as raw:
         for key in sorted(convert, key=lambda k: header[k]["data_offsets"][0]):  # one pass through the file
             info = header[key]
             begin, end = info["data_offsets"]
-            buf = torch.empty(end - begin, dtype=torch.uint8)
+            buf = scratch[:end - begin]
             raw.seek(start + begin)
             if raw.readinto(memoryview(buf.numpy())) != end - begin:
                 raise CheckpointError(f"{path} is truncated (tensor {key})")
             t = buf.view(_SAFE_DTYPES[info["dtype"]]).reshape(info["shape"])
-            tensors[key] = _convert(t, dtype, channels_last, device)
-            del buf, t
+            converted = _convert(t, dtype, channels_last, device)
+            tensors[key] = converted.clone() if converted.data_ptr() == t.data_ptr() else converted
     return tensors
 
 
