@@ -113,6 +113,7 @@ class Bench:
         self.rows: list[Row] = []
         self.raw: dict = {}  # every worker result and error, for results.json
         self.notes: list[str] = []  # sentences for the report
+        self.batch_table: str | None = None  # the section "batched", when measured
 
     def spec(self, impl: str, **extra) -> dict:
         a = self.args
@@ -199,9 +200,26 @@ class Bench:
             self.rows.append(Row(f"{label}: peak VRAM", "GiB", *vram,
                                  1.0 if mode == "sequential" else None))  # ... at no more memory
 
+    def batched(self) -> None:
+        """Images per minute for -n 4: one UNet call for the 4 (--batch 4) against one at a time (--batch 1)."""
+        run = self.worker("batched", "ours")
+        if run.error():
+            self.notes.append(f"Batched images: not measured ({run.error()}).")
+            return
+        s = {"4": run.result["batched"], "1": run.result["single"]}
+        per_min = {b: 4 * 60 / s[b] for b in ("4", "1")}
+        a = self.args
+        self.batch_table = (
+            f"`-n 4` at {a.size}x{a.size}, {a.dtype}, {a.steps} decoder and {a.prior_steps} prior steps "
+            f"({'tiny' if a.tiny else 'full-size'} checkpoints, {a.device}), median of {a.repeat}, alternating:\n\n"
+            "| how | seconds for 4 images | images per minute |\n|---|---:|---:|\n"
+            f"| 4 images per UNet call (`--batch 4`) | {s['4']:.2f} | {per_min['4']:.1f} |\n"
+            f"| one at a time, as 4 single runs (`--batch 1`) | {s['1']:.2f} | {per_min['1']:.1f} |\n\n"
+            f"Batched/single: {s['4'] / s['1']:.2f}x the time.")
+
     def measure(self, names: list[str]) -> None:
         steps = {"first_image": self.first_image, "load": self.load, "unet": self.unet, "prior": self.prior_step,
-                 "movq": self.movq, "offload": self.offload}
+                 "movq": self.movq, "offload": self.offload, "batched": self.batched}
         for name in names:
             _say(f"[{name}]")
             steps[name]()
@@ -312,7 +330,10 @@ def main(argv=None) -> int:
          "runs": bench.raw, "rows": [r.__dict__ for r in bench.rows]}, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = markdown(bench.rows, bench.notes, args, info, vers, bench.raw, seconds)
-    args.out.write_text(sections.keep(args.out.read_text() if args.out.exists() else "", report))  # others' parts
+    page = sections.keep(args.out.read_text() if args.out.exists() else "", report)  # others' parts
+    if bench.batch_table:
+        page = sections.put(page, "batched", "## Batched images\n\n" + bench.batch_table)
+    args.out.write_text(page)
     _say(f"wrote {args.out} (raw figures and logs: {bench.runs})")
     return 0
 

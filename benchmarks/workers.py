@@ -171,5 +171,32 @@ def worker_offload(spec: dict) -> dict:
     return {"seconds": time.perf_counter() - t0, "peak_vram": torch.cuda.max_memory_allocated(device)}
 
 
+def worker_batched(spec: dict) -> dict:
+    """Ours only: ``-n 4`` made 4 images per UNet call (``--batch 4``) and one at a time (``--batch 1``, what 4
+    single runs do), alternating, after a warm-up of each; seconds for the 4 images, the median of ``repeat``."""
+    from kcli.pipelines import Kandinsky, TextToImage
+
+    _, _, sync = _torch_setup(spec)
+    k = Kandinsky.open(prior=spec["prior"], decoder=spec["decoder"], device=spec["device"], dtype=spec["dtype"])
+    size = spec["size"]
+    request = TextToImage(PROMPT, seed=0, width=size, height=size, steps=spec["steps"],
+                          prior_steps=spec["prior_steps"], num_images=4)
+    for batch in (4, 1):  # warm-up: each batch size's kernels are chosen (oneDNN) before anything is timed
+        k.batch = batch
+        list(k.run(TextToImage(PROMPT, seed=0, width=size, height=size, steps=1, prior_steps=2, num_images=4)))
+    times: dict = {4: [], 1: []}
+    for _ in range(spec["repeat"]):
+        for batch in (4, 1):
+            k.batch = batch
+            sync()
+            t0 = time.perf_counter()
+            images = [r.image for r in k.run(request)]
+            sync()
+            times[batch].append(time.perf_counter() - t0)
+            assert len(images) == 4
+    return {"seconds": statistics.median(times[4]), "batched": statistics.median(times[4]),
+            "single": statistics.median(times[1]), "times": {str(b): t for b, t in times.items()}}
+
+
 WORKERS = {"build": worker_build, "load": worker_load, "unet": worker_unet, "prior": worker_prior,
-           "movq": worker_movq, "offload": worker_offload}
+           "movq": worker_movq, "offload": worker_offload, "batched": worker_batched}

@@ -126,25 +126,9 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
                 k = Kandinsky.open(**dataclasses.asdict(load), events=display,
                                    inpainting=any(r.inpainting for _, _, r, _ in todo),
                                    hinted=any(r.hinted for _, _, r, _ in todo),
-                                   sizes=[planned_size(r) for _, _, r, _ in todo])
-            for j, job, request, names in todo:
-                started = time.perf_counter()
-                display.job(j + 1, len(jobs), job.prompt)
-                try:
-                    saved = []
-                    for result, path in zip(k.run(request), names):
-                        saved.append(out.save_image(result.image, path, result.metadata, overwrite=output.overwrite))
-                        display.saved(saved[-1], result, job.line)
-                    outcomes[j] = Outcome(job, "ok", saved, time.perf_counter() - started)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as e:  # e.g. out of GPU memory on one large job: the others may still fit
-                    if not in_batch:
-                        raise
-                    msg = str(e) if isinstance(e, KandinskyError) else (
-                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-                    render.error(msg)
-                    outcomes[j] = Outcome(job, "failed", [], time.perf_counter() - started, msg)
+                                   sizes=[planned_size(r) for _, _, r, _ in todo],
+                                   zero_embed=any(r.negative is None for _, _, r, _ in todo))
+            _make(k, todo, len(jobs), outcomes, output, display, in_batch)
     ordered = [outcomes[j] for j in sorted(outcomes)]
     if in_batch and not output.quiet:
         render.summary(ordered)
@@ -181,6 +165,48 @@ def loading(resolved: dict, todo: list) -> Loading:
     if all(r.best_of == 1 for _, _, r, _ in todo):
         load = dataclasses.replace(load, scorer="prior")  # nothing to rank: load no scorer
     return load
+
+
+def _make(k, todo: list, count: int, outcomes: dict, output: Output, display, in_batch: bool) -> None:
+    """Every job's images, each saved as soon as it is made; jobs that differ only in prompt and seed share
+    UNet calls (``Kandinsky.run_many``). In a batch a failing job is reported and the others go on."""
+    saved: dict[int, list[Path]] = {t: [] for t in range(len(todo))}
+    started: dict[int, float] = {}
+
+    def begin(t: int) -> None:
+        if t < len(todo) and t not in started:
+            started[t] = time.perf_counter()
+            display.job(todo[t][0] + 1, count, todo[t][1].prompt)
+
+    def fail(t: int, e: Exception) -> None:
+        if not in_batch:
+            raise e
+        msg = str(e) if isinstance(e, KandinskyError) else (
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        render.error(msg)
+        j, job = todo[t][0], todo[t][1]
+        outcomes[j] = Outcome(job, "failed", [], time.perf_counter() - started.get(t, time.perf_counter()), msg)
+
+    begin(0)
+    for t, got in k.run_many([request for _, _, request, _ in todo], keep_going=in_batch):
+        j, job, _, names = todo[t]
+        begin(t)
+        if outcomes.get(j) is not None:  # failed already: its other images are dropped
+            continue
+        if isinstance(got, Exception):  # e.g. out of GPU memory on one large job: the others may still fit
+            fail(t, got)
+        else:
+            try:
+                saved[t].append(out.save_image(got.image, names[len(saved[t])], got.metadata,
+                                               overwrite=output.overwrite))
+                display.saved(saved[t][-1], got, job.line)
+            except KandinskyError as e:
+                fail(t, e)
+                continue
+            if len(saved[t]) == len(names):
+                outcomes[j] = Outcome(job, "ok", saved[t], time.perf_counter() - started[t])
+        if outcomes.get(j) is not None:
+            begin(t + 1)
 
 
 def _prepare(resolved: dict, output: Output, job: batch.Job, build: Build, in_batch: bool, index=None):

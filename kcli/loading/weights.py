@@ -69,27 +69,80 @@ def read_tensors(path: Path, dtype: torch.dtype | None = None, device: str | tor
     """All tensors of a weights file on ``device``, floating ones cast to ``dtype`` (None keeps the stored
     dtype), and with ``channels_last`` the 4-D ones (convolution kernels) laid out channels-last.
 
-    The file is read memory-mapped on the CPU; moving, casting and laying out happen in one copy per tensor.
+    A safetensors tensor kept as stored stays a view of the memory-mapped file (no copy: its pages count in
+    the process's memory only once touched). A tensor that is cast, laid out or moved is read with plain
+    file reads, one at a time, and converted: the mapped file pages of a converted tensor are never touched,
+    so its bytes are not held twice (converted copy + mapped source) for as long as the file stays mapped.
     """
     path = Path(path)
+    device = torch.device(device)
     try:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            tensors = {}
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                for key in f.keys():
-                    tensors[key] = f.get_tensor(key)
-        else:
-            tensors = _read_pickle(path)
+            return _read_safetensors(path, dtype, device, channels_last)
+        tensors = _read_pickle(path)
     except CheckpointError:
         raise
     except Exception as e:  # safetensors and torch raise several unrelated types for a damaged file
         raise CheckpointError(f"{path} is corrupt or truncated ({e.__class__.__name__}: {e})") from None
-    device = torch.device(device)
     if dtype is not None or channels_last or device.type != "cpu":
         tensors = {k: _convert(v, dtype, channels_last, device) for k, v in tensors.items()}
     return tensors
+
+
+# safetensors' dtype names (https://github.com/huggingface/safetensors, format.md)
+_SAFE_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                "BOOL": torch.bool}
+
+
+def _changes(stored: torch.dtype, shape: list, dtype, channels_last: bool, device: torch.device) -> bool:
+    if device.type != "cpu":
+        return True
+    if not stored.is_floating_point:
+        return False
+    return (dtype is not None and dtype != stored) or (channels_last and len(shape) == 4)
+
+
+def _read_safetensors(path: Path, dtype, device: torch.device, channels_last: bool) -> dict:
+    from safetensors import safe_open
+
+    header, start = _safetensors_header(path)
+    tensors, convert = {}, set()
+    for key, info in header.items():
+        stored = _SAFE_DTYPES.get(info["dtype"])
+        if stored is not None and _changes(stored, info["shape"], dtype, channels_last, device):
+            convert.add(key)
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            if key not in convert:
+                tensors[key] = f.get_tensor(key)
+    if not convert:
+        return tensors
+    sizes = [header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in convert]
+    scratch = torch.empty(max(sizes), dtype=torch.uint8)  # one buffer for all: its pages fault in once
+    with open(path, "rb", buffering=0) as raw:
+        for key in sorted(convert, key=lambda k: header[k]["data_offsets"][0]):  # one pass through the file
+            info = header[key]
+            begin, end = info["data_offsets"]
+            buf = scratch[:end - begin]
+            raw.seek(start + begin)
+            if raw.readinto(memoryview(buf.numpy())) != end - begin:
+                raise CheckpointError(f"{path} is truncated (tensor {key})")
+            t = buf.view(_SAFE_DTYPES[info["dtype"]]).reshape(info["shape"])
+            converted = _convert(t, dtype, channels_last, device)
+            tensors[key] = converted.clone() if converted.data_ptr() == t.data_ptr() else converted
+    return tensors
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's tensor table (name -> dtype, shape, data_offsets) and where its data starts."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n <= 0 or n > 100 * 2**20:
+            raise CheckpointError(f"{path} is not a safetensors file (header size {n})")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header, 8 + n
 
 
 def _read_pickle(path: Path) -> dict:

@@ -154,8 +154,9 @@ class DecoderStage:
             hint = torch.cat([hint, hint])
         return {"hint": hint.to(device=self.device, dtype=self.unet.dtype)}
 
-    def _cond(self, image_embeds, negative_embeds, prompt: str, guidance: float) -> dict:
-        """The UNet's conditioning, rows [unconditional; conditional] under guidance.
+    def _cond(self, image_embeds, negative_embeds, prompt: str | list[str], guidance: float) -> dict:
+        """The UNet's conditioning, rows [unconditional; conditional] under guidance; ``prompt`` one for all
+        rows, or a list of one per row (a batch of images of different prompts).
 
         2.1 also reads the prompt; like the reference's combined pipelines, its unconditional text is empty
         (a negative prompt acts through the prior's negative image embedding).
@@ -164,7 +165,8 @@ class DecoderStage:
         rows = image_embeds.shape[0]
         cond = {"image_embeds": torch.cat([negative_embeds, image_embeds]) if cfg else image_embeds}
         if self.text is not None:
-            texts = [""] * rows + [prompt] * rows if cfg else [prompt] * rows
+            prompts = [prompt] * rows if isinstance(prompt, str) else list(prompt)  # one per row of a batch
+            texts = [""] * rows + prompts if cfg else prompts
             cond["text_embeds"], cond["text_hidden"] = self.text(texts)
         return {k: v.to(device=self.device, dtype=self.unet.dtype) for k, v in cond.items()}
 
@@ -173,10 +175,11 @@ class DecoderStage:
             need = "an inpainting decoder (9 input channels)" if inpainting else "a text-to-image decoder"
             raise KandinskyError(f"this needs {need}, but the decoder has {self.unet.config.in_channels} input channels")
 
-    def sample(self, image_embeds: torch.Tensor, negative_embeds: torch.Tensor, prompt: str = "", *,
+    def sample(self, image_embeds: torch.Tensor, negative_embeds: torch.Tensor, prompt: str | list[str] = "", *,
                width: int, height: int, steps: int, guidance: float, generator: torch.Generator,
                sampler: str | None = None, on_step=None, hint: torch.Tensor | None = None) -> torch.Tensor:
         """Text-to-image: (B, D) embeddings -> (B, 4, h, w) latents. ``width``/``height`` are on the grid.
+        Row i draws from ``generator`` i of a ``PerImage`` (see ``kcli.samplers.noise``).
 
         ``hint`` (1, 3, height, width) in [0, 1], for a ControlNet decoder only: the same for every row."""
         self._require(False)
@@ -207,6 +210,7 @@ class DecoderStage:
             cond = self._cond(image_embeds, negative_embeds, prompt, guidance)
             cond.update(extra)
             x0 = self.encode(init).to(self.unet.dtype)
+            x0 = x0.expand(image_embeds.shape[0], -1, -1, -1)  # one picture for every image of a batch
             timesteps = solver.timesteps(steps)
             start = steps - max(1, min(int(steps * strength), steps))
             if hasattr(solver, "set_begin_index"):

@@ -27,17 +27,18 @@ import torch
 from PIL import Image
 
 from kcli.errors import KandinskyError
+from kcli.pipelines.batching import Unit, chunks, group_key, images_per_call, units
 from kcli.pipelines.decoder import DecoderStage, NotFinite, check_decoder_hint
 from kcli.pipelines.devices import resolve_device, resolve_dtype
 from kcli.pipelines.events import Relay
 from kcli.pipelines.memory import check_plan, plan_memory
-from kcli.pipelines.modes import recipe
-from kcli.pipelines.placement import Offload, Placement, recovering
+from kcli.pipelines.modes import Recipe, recipe
+from kcli.pipelines.placement import Offload, Placement
 from kcli.pipelines.prior import PriorStage
 from kcli.pipelines.requests import Request
 from kcli.pipelines.settings import Loading, record
 from kcli.samplers import decoder_sampler
-from kcli.samplers.noise import cpu_generator
+from kcli.samplers.noise import generators
 
 SAMPLER_OF = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim"}  # the checkpoint's own, by our names
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -64,6 +65,7 @@ class Kandinsky:
         self.prior, self.decoder, self.placement, self.dtype = prior, decoder, placement, dtype
         self.device = placement.device
         self.load = load or Loading()
+        self.batch = images_per_call(self.device, self.load.batch, placement.mode.value)  # images per UNet call
         self.scorer = scorer  # what ranks best_of candidates: None is the prior's own CLIP
         self.events = Relay(events)
         self.folders = {"prior": prior.folder, "decoder": decoder.folder}
@@ -78,15 +80,19 @@ class Kandinsky:
 
     @classmethod
     def open(cls, model: str | None = None, *, events=None, inpainting: bool = False, hinted: bool | None = None,
-             sizes: list[tuple[int, int]] | None = None, batch: int = 1, **settings) -> Kandinsky:
+             sizes: list[tuple[int, int]] | None = None, zero_embed: bool = True, **settings) -> Kandinsky:
         """Open ``model`` (a registry name; ``prior=``/``decoder=`` take folders or hub ids) with the settings
         of ``Loading`` (device, dtype, memory, vram, offload, offline, compile, tile, scorer, clip_model).
         ``inpainting`` loads the inpainting decoder first (inpaint and outpaint need it; ``run`` swaps
         decoders when a request needs the other one). ``hinted``: whether the requests to come give hint
         pictures; True picks model 2.2-depth when neither a model nor a decoder is named, and either way the
         decoder is checked against it before any weights load (None: each request is checked when it runs).
-        ``sizes`` (width, height) and ``batch``: what the memory plan is made for (default 1024x1024); a
-        plan that fits nowhere ends here, before any weights load."""
+        ``sizes`` (width, height): what the memory plan is made for (default 1024x1024), for as many images
+        per UNet call as the device takes (``batching``); a plan that fits nowhere ends here, before any
+        weights load.
+        ``zero_embed``: make the zero-image embedding (what a request without a negative prompt needs) before
+        the decoder loads, when it is not cached yet, so that its 1.8B-parameter image encoder never shares
+        memory with the decoder; False leaves it to the first request that needs it."""
         if hinted and model is None and settings.get("decoder") is None:
             from kcli.loading.hub import DEPTH_MODEL
 
@@ -98,7 +104,10 @@ class Kandinsky:
         prior_dir, decoder_dir = _folders(load, inpainting, relay)
         if hinted is not None:
             check_decoder_hint(decoder_dir, hinted)
+        batch = images_per_call(device, load.batch)  # planned for a full batch; if only offload fits, for one image
         memory = plan_memory(load, device, dtype, prior_dir, decoder_dir, sizes, batch, relay)
+        if batch > 1 and load.batch is None and memory.offload != "none":
+            memory = plan_memory(load, device, dtype, prior_dir, decoder_dir, sizes, 1, relay)
         if device.type == "cuda" and load.offload is None:
             relay.note(memory.describe())
         offload = Offload.parse(memory.offload)
@@ -110,7 +119,9 @@ class Kandinsky:
         placement = Placement(offload, device)
         relay.progress("load", 0, 2)
         prior = PriorStage.load(prior_dir, dtype=dtype, placement=placement)
-        prior.zero_embed()  # made (once per checkpoint) before the decoder is resident: cold `high` 9.2 -> 6.8 GiB
+        if zero_embed:  # made (once per checkpoint) before the decoder is resident: cold `high` 9.2 -> 6.8 GiB
+            with torch.inference_mode():
+                prior.zero_embed()
         relay.progress("load", 1, 2)
         decoder = _load_decoder(decoder_dir, dtype, placement, load)
         relay.progress("load", 2, 2)
@@ -148,11 +159,40 @@ class Kandinsky:
 
     # ---- running ------------------------------------------------------------------------------------------
 
-    @recovering
     def run(self, request: Request, events=None) -> Iterator[Result]:
         """One ``Result`` per image of ``request``, each as soon as it is done. Out of device memory, it ends
         with ``OutOfDeviceMemory`` (images made before it were yielded) and the next request can run."""
+        for _, result in self.run_many([request], events, keep_going=False):
+            yield result
+
+    def run_many(self, requests: list[Request], events=None,
+                 keep_going: bool = True) -> Iterator[tuple[int, Result | Exception]]:
+        """The images of several requests as (index of the request, its next ``Result``), each request's in
+        order. Consecutive requests that differ only in prompt and seed share UNet calls, up to ``batch``
+        images a call (``kcli.pipelines.batching``); each image is still the one its seed makes alone.
+        With ``keep_going`` a request that fails gives (index, the exception) once and the others go on;
+        otherwise the exception is raised."""
         events = Relay(events) if events is not None else self.events
+        start = 0
+        while start < len(requests):
+            end = start + 1
+            if self.batch > 1:
+                key = group_key(requests[start])
+                while end < len(requests) and group_key(requests[end]) == key:
+                    end += 1
+            ready = []
+            for i in range(start, end):
+                try:
+                    with self.placement.recovery():  # out of memory: nothing stays on the device, one-line hint
+                        ready.append((i, self._prepare(requests[i], events)))
+                except Exception as e:
+                    if not keep_going:
+                        raise
+                    yield i, e
+            yield from self._run_group(ready, events, keep_going)
+            start = end
+
+    def _prepare(self, request: Request, events) -> Recipe:
         request.check()
         if request.seed is None:
             request = request.seeded()
@@ -164,46 +204,84 @@ class Kandinsky:
         check_plan(self.memory, (how.size.gen_width, how.size.gen_height))  # before any work
         if how.size.note():
             events.note(how.size.note())
-        request, n = how.request, request.best_of
-        for i in range(request.num_images):
-            if n == 1:
-                seed = request.seed + i
-                events.image(i + 1, request.num_images, seed, None)
-                yield self._image(how, dataclasses.replace(request, seed=seed, num_images=1), events)
-                continue
-            tries = []
-            for j in range(n):
-                seed = request.seed + i * n + j
-                events.image(i + 1, request.num_images, seed, (j + 1, n))
-                tries.append(self._image(how, dataclasses.replace(request, seed=seed, num_images=1, best_of=1),
-                                         events))
-            events.progress("score", 0, n)
-            scores = [self._score(r.image, request.label) for r in tries]
-            events.progress("score", n, n)
-            best = tries[max(range(n), key=scores.__getitem__)]
-            best.score, best.candidates = max(scores), [(r.seed, sc) for r, sc in zip(tries, scores)]
-            best.request = dataclasses.replace(best.request, best_of=n)
-            best.metadata = self._record(best)
-            yield best
+        return how
 
-    def _image(self, how, s: Request, events) -> Result:
-        """One image: a fresh CPU generator from its seed, the recipe's latents, decode, finish."""
+    def _run_group(self, ready: list[tuple[int, Recipe]], events, keep_going: bool):
+        """The images of requests of one recipe (but for prompts and seeds), ``batch`` (or one) at a time."""
+        if not ready:
+            return
+        hows = dict(ready)
+        size = self.batch if ready[0][1].batchable else 1
+        todo = [u for i, how in ready for u in units(how.request.seed, how.request.num_images, how.request.best_of, i)]
+        if min(size, len(todo)) > 1:
+            events.note(f"{min(size, len(todo))} images per UNet call")
+        failed, tries = set(), {}
+        for chunk in chunks(todo, size):
+            chunk = [u for u in chunk if u.request not in failed]
+            if not chunk:
+                continue
+            done = []
+            try:
+                with self.placement.recovery():
+                    made = self._images([hows[u.request] for u in chunk], chunk, events)
+                for u, result in zip(chunk, made):
+                    n = hows[u.request].request.best_of
+                    if n == 1:
+                        done.append((u.request, result))
+                        continue
+                    tries.setdefault((u.request, u.image), []).append(result)
+                    if len(tries[(u.request, u.image)]) == n:
+                        with self.placement.recovery():
+                            best = self._best(tries.pop((u.request, u.image)), hows[u.request].request, events)
+                        done.append((u.request, best))
+            except Exception as e:
+                if not keep_going:
+                    raise
+                for r in dict.fromkeys(u.request for u in chunk):
+                    failed.add(r)
+                    done.append((r, e))
+            yield from done
+
+    def _images(self, hows: list[Recipe], chunk: list[Unit], events) -> list[Result]:
+        """The images of ``chunk`` in one batch: each from a fresh CPU generator of its seed (drawing what its
+        single run draws), the recipe's latents, then each decoded and finished on its own."""
+        made = [dataclasses.replace(how.request, seed=u.seed, num_images=1, best_of=1) for how, u in zip(hows, chunk)]
+        for how, u in zip(hows, chunk):
+            n = how.request.best_of
+            events.image(u.image + 1, how.request.num_images, u.seed, (u.candidate + 1, n) if n > 1 else None)
+        results = []
         t0 = time.perf_counter()
         with torch.inference_mode():
-            latents = how.make(s, cpu_generator(s.seed), events.progress)
-            t1 = time.perf_counter()
-            events.progress("decode", 0, 1)
-            try:
-                pixels = how.finish(self.decoder.decode(latents, tile=self.load.tile)[0])
-            except NotFinite as e:
-                raise KandinskyError(f"{e}: {self.verify_hint}") from None
-            events.progress("decode", 1, 1)
+            latents = hows[0].make(made, generators([u.seed for u in chunk]), events.progress)
+            t1 = sample = time.perf_counter()
+            for row, (how, s) in enumerate(zip(hows, made)):
+                events.progress("decode", 0, 1)
+                try:
+                    pixels = how.finish(self.decoder.decode(latents[row:row + 1], tile=self.load.tile)[0])
+                except NotFinite as e:
+                    raise KandinskyError(f"{e}: {self.verify_hint}") from None
+                events.progress("decode", 1, 1)
+                t2 = time.perf_counter()
+                results.append(Result(Image.fromarray(pixels), s.seed, s,
+                                      {"sample": (sample - t0) / len(made), "decode": t2 - t1}))
+                results[-1].metadata = self._record(results[-1])
+                t1 = t2
         del latents
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # give the next image (or the next program) the memory back
-        result = Result(Image.fromarray(pixels), s.seed, s, {"sample": t1 - t0, "decode": time.perf_counter() - t1})
-        result.metadata = self._record(result)
-        return result
+        return results
+
+    def _best(self, tries: list[Result], request: Request, events) -> Result:
+        """The candidate whose picture is closest to the prompt (CLIP), with every candidate's score."""
+        n = len(tries)
+        events.progress("score", 0, n)
+        scores = [self._score(r.image, request.label) for r in tries]
+        events.progress("score", n, n)
+        best = tries[max(range(n), key=scores.__getitem__)]
+        best.score, best.candidates = max(scores), [(r.seed, sc) for r, sc in zip(tries, scores)]
+        best.request = dataclasses.replace(best.request, best_of=n)
+        best.metadata = self._record(best)
+        return best
 
     def _score(self, image, prompt: str) -> float:
         if self.scorer is None:

@@ -32,7 +32,9 @@ from kcli.pipelines.requests import (
 )
 from kcli.pipelines.sizes import Size, center_crop, grid_size
 
-Make = Callable[[Request, torch.Generator, Callable], torch.Tensor]  # (request, generator, report) -> latents
+# (requests, generator, report) -> latents: one row per request, all of one recipe, differing only in prompt
+# and seed; the generator is the image's own, or a PerImage holding each image's (kcli.samplers.noise)
+Make = Callable[[list[Request], object, Callable], torch.Tensor]
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Recipe:
     size: Size
     make: Make
     finish: Callable[[np.ndarray], np.ndarray]
+    batchable: bool = True  # several images per UNet call (a mix of fuse/vary makes one at a time)
 
 
 picture = _picture  # a PIL image as is, a path read from disk
@@ -71,9 +74,15 @@ def _sized(request: Request, source: tuple[int, int] | None = None) -> Request:
     return replace(request, width=request.width or width, height=request.height or height)
 
 
-def _embed(k, s: Request, g: torch.Generator, report):
-    return k.prior.embed(s.prompt, s.negative, steps=s.prior_steps, guidance=s.prior_guidance, generator=g,
-                         on_step=lambda i, n: report("prior", i, n), mode=s.prior_mode, linear=k.linear_prior(s))
+def _embed(k, ss: list[Request], g, report):
+    s = ss[0]
+    return k.prior.embed([r.prompt for r in ss], s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
+                         generator=g, on_step=lambda i, n: report("prior", i, n), mode=s.prior_mode,
+                         linear=k.linear_prior(s))
+
+
+def _prompts(ss: list[Request]) -> list[str]:
+    return [s.prompt for s in ss]
 
 
 def _text_to_image(k, request: TextToImage, events) -> Recipe:
@@ -82,9 +91,9 @@ def _text_to_image(k, request: TextToImage, events) -> Recipe:
     request, depth = hint.prepare(k, request, events)
     hint_px = hint.fitted(depth, size)
 
-    def make(s, g, report):
-        emb, neg = _embed(k, s, g, report)
-        return k.decoder.sample(emb, neg, s.prompt, width=size.gen_width, height=size.gen_height, steps=s.steps,
+    def make(ss, g, report):
+        s, (emb, neg) = ss[0], _embed(k, ss, g, report)
+        return k.decoder.sample(emb, neg, _prompts(ss), width=size.gen_width, height=size.gen_height, steps=s.steps,
                                 guidance=s.guidance, generator=g, sampler=s.sampler,
                                 on_step=lambda i, n: report("decoder", i, n), hint=hint_px)
 
@@ -99,9 +108,10 @@ def _image_to_image(k, request: ImageToImage, events) -> Recipe:
     request, depth = hint.prepare(k, request, events)
     hint_px = hint.fitted(depth, size, stretch=True)  # like the picture: stretched to the grid and back
 
-    def make(s, g, report):
-        emb, neg = _embed(k, s, g, report)
-        return k.decoder.refine(pixels, emb, neg, s.prompt, strength=s.strength, steps=s.steps, guidance=s.guidance,
+    def make(ss, g, report):
+        s, (emb, neg) = ss[0], _embed(k, ss, g, report)
+        return k.decoder.refine(pixels, emb, neg, _prompts(ss), strength=s.strength, steps=s.steps,
+                                guidance=s.guidance,
                                 generator=g, sampler=s.sampler, on_step=lambda i, n: report("decoder", i, n),
                                 hint=hint_px)
 
@@ -118,7 +128,8 @@ def _fuse(k, request: Fuse, events, shown: Request) -> Recipe:
     shown = _sized(shown)
     size = grid_size(shown.width, shown.height, k.decoder.pixel_step)
 
-    def make(s, g, report):
+    def make(ss, g, report):
+        s = ss[0]  # one at a time (batchable=False)
         emb, neg = k.prior.mix(items, weights, s.negative, steps=s.prior_steps, guidance=s.prior_guidance,
                                generator=g, on_step=lambda i, n: report("prior", i, n))
         # a 2.1 decoder also reads a text: for a mix, the empty one (as the reference's examples do)
@@ -126,7 +137,7 @@ def _fuse(k, request: Fuse, events, shown: Request) -> Recipe:
                                 guidance=s.guidance, generator=g, sampler=s.sampler,
                                 on_step=lambda i, n: report("decoder", i, n))
 
-    return Recipe(shown, size, make, lambda px: center_crop(px, size.width, size.height))
+    return Recipe(shown, size, make, lambda px: center_crop(px, size.width, size.height), batchable=False)
 
 
 def _inpaint(k, request: Inpaint) -> Recipe:
@@ -163,9 +174,9 @@ def _repaint(k, request, image: Image.Image, repaint: np.ndarray) -> Recipe:
         px = resize_array(px, size.width, size.height)
         return paste_original(np.asarray(original), px, repaint, feather) if request.paste_back else px
 
-    def make(s, g, report):
-        emb, neg = _embed(k, s, g, report)
-        return k.decoder.inpaint(pixels, gen_repaint, emb, neg, s.prompt, steps=s.steps, guidance=s.guidance,
+    def make(ss, g, report):
+        s, (emb, neg) = ss[0], _embed(k, ss, g, report)
+        return k.decoder.inpaint(pixels, gen_repaint, emb, neg, _prompts(ss), steps=s.steps, guidance=s.guidance,
                                  generator=g, sampler=s.sampler, on_step=lambda i, n: report("decoder", i, n))
 
     return Recipe(request, size, make, finish)

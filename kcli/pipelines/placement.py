@@ -111,29 +111,34 @@ class Placement:
             streamer.evict()
         self.empty_cache()
 
+    @contextlib.contextmanager
+    def recovery(self):
+        """However the work inside ends, nothing it put on the device stays. Out of device memory, the failed
+        stages' frames are cleared (their activations die with them), the cache is emptied, and it ends with
+        ``OutOfDeviceMemory``, whose message carries the hint; the models stay usable for the next job."""
+        try:
+            yield
+            return
+        except torch.OutOfMemoryError as e:
+            traceback.clear_frames(e.__traceback__)
+        except Exception:
+            self.recover()
+            raise
+        gc.collect()  # outside the except clause: the error, its traceback and its frames are gone
+        self.recover()
+        raise OutOfDeviceMemory()
+
     def empty_cache(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
 
 def recovering(run):
-    """Decorates a generator method of an object with a ``placement`` (``Kandinsky.run``): however a job ends,
-    nothing it put on the device stays. Out of device memory, the failed stages' frames are cleared (their
-    activations die with them), the cache is emptied, and the job ends with ``OutOfDeviceMemory``, whose
-    message carries the hint; the object stays usable for the next job."""
+    """Decorates a generator method of an object with a ``placement``: its work runs under ``recovery``."""
 
     @functools.wraps(run)
     def guarded(self, *args, **kwargs):
-        try:
+        with self.placement.recovery():
             yield from run(self, *args, **kwargs)
-            return
-        except torch.OutOfMemoryError as e:
-            traceback.clear_frames(e.__traceback__)
-        except Exception:
-            self.placement.recover()
-            raise
-        gc.collect()  # outside the except clause: the error, its traceback and its frames are gone
-        self.placement.recover()
-        raise OutOfDeviceMemory()
 
     return guarded

@@ -80,30 +80,32 @@ class PriorStage:
         return embeds, hidden, mask
 
     @torch.inference_mode()
-    def embed(self, prompt: str, negative: str | None, *, steps: int, guidance: float,
-              generator: torch.Generator, on_step=None, mode: str = "diffusion",
-              linear=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image embedding, negative image embedding), each (1, D).
+    def embed(self, prompt: str | list[str], negative: str | None, *, steps: int, guidance: float,
+              generator, on_step=None, mode: str = "diffusion", linear=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image embeddings, negative image embeddings), each (B, D) for B prompts (a list; a str is one).
 
         Like the reference: a negative prompt is run through the prior as a second row (with itself as
         the unconditional text); without one, the negative is the zero-image embedding.
+        Several prompts run as one batch, image i's rows next to each other ([prompt, negative] with a negative),
+        ``generator`` then a ``PerImage`` with one generator per prompt: each draws what its single run draws.
         ``mode`` "linear" maps CLIP text embeddings with a fitted ``linear`` prior instead, and "none" uses
         them as they are (the paper's no-prior baseline); neither draws random numbers.
         """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if mode != "diffusion":
-            return self._embed_without_diffusion(prompt, negative, mode, linear)
-        prompts = [prompt] if negative is None else [prompt, negative]
-        uncond = [""] * len(prompts) if negative is None else [negative] * 2
+            pairs = [self._embed_without_diffusion(p, negative, mode, linear) for p in prompts]
+            return torch.cat([e for e, _ in pairs]), torch.cat([n for _, n in pairs])
+        rows = prompts if negative is None else [t for p in prompts for t in (p, negative)]
+        uncond = [""] * len(rows) if negative is None else [negative] * len(rows)
         cfg = guidance > 1.0
         with self.placement.on(self.text.model, self.prior):
-            embeds, hidden, mask = self._encode(prompts, uncond, cfg)
+            embeds, hidden, mask = self._encode(rows, uncond, cfg)
             out = sample_prior(self.prior, self.sampler, steps=steps, text_embeds=embeds, hidden_states=hidden,
-                               mask=mask, guidance=guidance, generator=generator, batch=len(prompts),
+                               mask=mask, guidance=guidance, generator=generator, batch=len(rows),
                                on_step=on_step)
         if negative is None:
-            return out, self.zero_embed()
-        image, neg = out.chunk(2)
-        return image, neg
+            return out, self.zero_embed().expand(len(prompts), -1)
+        return out[0::2], out[1::2]
 
     @torch.inference_mode()
     def image_embed(self, image) -> torch.Tensor:

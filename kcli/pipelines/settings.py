@@ -105,6 +105,9 @@ class Loading:
                                   "streamed block by block). Overrides --memory.", panel=DEVICE)
     tile: bool | None = setting(None, "Decode in tiles (default: only large pictures).", panel=DEVICE)
     compile: bool = setting(False, "torch.compile the UNet (slow first image, faster steps).", panel=DEVICE)
+    batch: int | None = setting(None, "Images per UNet call for -n, --best-of and a prompts file's jobs that differ "
+                                "only in prompt and seed (default: 4 on CUDA without offload, else 1). Each image "
+                                "stays the one its seed makes alone.", panel=DEVICE, min=1, max=64)
     scorer: str = setting("prior", "What ranks --best-of candidates: prior (its own CLIP) or openclip (an "
                           "open_clip model, --clip-model; needs the \\[score] extra).")
     clip_model: str | None = setting(None, "The open_clip model for --scorer openclip (implies it): ARCH/TAG "

@@ -13,6 +13,7 @@ def system_report() -> list[tuple[str, str]]:
     import kcli
     from kcli.loading.cache import home
     from kcli.loading.download import endpoint, hub_offline
+    from kcli.pipelines.devices import bf16_advice
     from kcli.pipelines.memory import choose_memory
 
     rows = [("kandinsky", kcli.__version__), ("python", platform.python_version()), ("torch", torch.__version__)]
@@ -42,6 +43,7 @@ def system_report() -> list[tuple[str, str]]:
                                   "in a checkout, or pip install open_clip_torch)"))
     rows.append(("CPU", f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                         f"{torch.backends.cpu.get_cpu_capability()}"))
+    rows.append(("CPU bf16", bf16_advice()))
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(i)

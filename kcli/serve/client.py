@@ -84,6 +84,17 @@ class Remote:
             reason = getattr(e, "reason", e)
             raise KandinskyError(f"cannot reach the server at {self.url} ({reason})") from None
 
+    def run_many(self, requests: list, events=None, keep_going: bool = True):
+        """``Kandinsky.run_many``'s contract, one request after another on the server."""
+        for i, request in enumerate(requests):
+            try:
+                for result in self.run(request):
+                    yield i, result
+            except Exception as e:
+                if not keep_going:
+                    raise
+                yield i, e
+
     def run(self, request):
         """One result per image, as ``Kandinsky.run`` yields them (all at once, when the server is done)."""
         from PIL import Image
