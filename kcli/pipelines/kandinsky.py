@@ -183,8 +183,8 @@ class Kandinsky:
             ready = []
             for i in range(start, end):
                 try:
-                    with self.placement.recovery():  # out of memory: nothing stays on the device, one-line hint
-                        ready.append((i, self._prepare(requests[i], events)))
+                    # out of memory, nothing stays on the device and the error is the one-line hint
+                    ready.append((i, self.placement.recovered(self._prepare, requests[i], events)))
                 except Exception as e:
                     if not keep_going:
                         raise
@@ -222,8 +222,7 @@ class Kandinsky:
                 continue
             done = []
             try:
-                with self.placement.recovery():
-                    made = self._images([hows[u.request] for u in chunk], chunk, events)
+                made = self.placement.recovered(self._images, [hows[u.request] for u in chunk], chunk, events)
                 for u, result in zip(chunk, made):
                     n = hows[u.request].request.best_of
                     if n == 1:
@@ -231,8 +230,8 @@ class Kandinsky:
                         continue
                     tries.setdefault((u.request, u.image), []).append(result)
                     if len(tries[(u.request, u.image)]) == n:
-                        with self.placement.recovery():
-                            best = self._best(tries.pop((u.request, u.image)), hows[u.request].request, events)
+                        best = self.placement.recovered(self._best, tries.pop((u.request, u.image)),
+                                                        hows[u.request].request, events)
                         done.append((u.request, best))
             except Exception as e:
                 if not keep_going:

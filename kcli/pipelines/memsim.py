@@ -30,7 +30,7 @@ from kcli.pipelines.configured import Configs, ConfiguredDecoder, ConfiguredPrio
 from kcli.pipelines.kandinsky import Kandinsky
 from kcli.pipelines.memtrack import DeviceMemory
 from kcli.pipelines.offload import Streamer
-from kcli.pipelines.placement import Offload
+from kcli.pipelines.placement import Offload, Placement
 from kcli.pipelines.requests import TextToImage
 from kcli.pipelines.settings import Loading
 
@@ -97,6 +97,8 @@ class SimPlacement:
         if self.mode is Offload.SEQUENTIAL:  # as Placement: a stage's end drops its streamed copies
             return _Resident(self.mem, (), [self._streamers[m] for m in modules if m in self._streamers])
         return _Resident(self.mem, modules) if self.mode is Offload.MODEL else _Resident(self.mem, ())
+
+    recovered = Placement.recovered  # the same recovery, on the simulated device
 
     def recover(self) -> None:
         for s in self._streamers.values():

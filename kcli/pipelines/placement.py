@@ -111,14 +111,13 @@ class Placement:
             streamer.evict()
         self.empty_cache()
 
-    @contextlib.contextmanager
-    def recovery(self):
-        """However the work inside ends, nothing it put on the device stays. Out of device memory, the failed
-        stages' frames are cleared (their activations die with them), the cache is emptied, and it ends with
-        ``OutOfDeviceMemory``, whose message carries the hint; the models stay usable for the next job."""
+    def recovered(self, work, *args):
+        """``work(*args)``, after which nothing it put on the device stays, however it ends. Out of device
+        memory, the failed stages' frames are cleared (their activations die with them), the cache is emptied,
+        and it ends with ``OutOfDeviceMemory``, whose message carries the hint (and holds nothing of the failed
+        work); the models stay usable for the next job."""
         try:
-            yield
-            return
+            return work(*args)
         except torch.OutOfMemoryError as e:
             traceback.clear_frames(e.__traceback__)
         except Exception:
@@ -134,11 +133,23 @@ class Placement:
 
 
 def recovering(run):
-    """Decorates a generator method of an object with a ``placement``: its work runs under ``recovery``."""
+    """Decorates a generator method of an object with a ``placement`` (``Kandinsky.run``): however a job ends,
+    nothing it put on the device stays. Out of device memory, the failed stages' frames are cleared (their
+    activations die with them), the cache is emptied, and the job ends with ``OutOfDeviceMemory``, whose
+    message carries the hint; the object stays usable for the next job."""
 
     @functools.wraps(run)
     def guarded(self, *args, **kwargs):
-        with self.placement.recovery():
+        try:
             yield from run(self, *args, **kwargs)
+            return
+        except torch.OutOfMemoryError as e:
+            traceback.clear_frames(e.__traceback__)
+        except Exception:
+            self.placement.recover()
+            raise
+        gc.collect()  # outside the except clause: the error, its traceback and its frames are gone
+        self.placement.recover()
+        raise OutOfDeviceMemory()
 
     return guarded
