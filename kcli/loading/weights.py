@@ -82,6 +82,8 @@ def read_tensors(path: Path, dtype: torch.dtype | None = None, device: str | tor
         tensors = _read_pickle(path)
     except CheckpointError:
         raise
+    except _NotTheFile as e:
+        raise e.__cause__ from None
     except Exception as e:  # safetensors and torch raise several unrelated types for a damaged file
         raise CheckpointError(f"{path} is corrupt or truncated ({e.__class__.__name__}: {e})") from None
     if dtype is not None or channels_last or device.type != "cpu":
@@ -101,6 +103,10 @@ def _changes(stored: torch.dtype, shape: list, dtype, channels_last: bool, devic
     if not stored.is_floating_point:
         return False
     return (dtype is not None and dtype != stored) or (channels_last and len(shape) == 4)
+
+
+class _NotTheFile(Exception):
+    """A conversion failed (e.g. onto a device this machine lacks): the cause is raised as it is."""
 
 
 def _read_safetensors(path: Path, dtype, device: torch.device, channels_last: bool) -> dict:
@@ -129,7 +135,10 @@ def _read_safetensors(path: Path, dtype, device: torch.device, channels_last: bo
             if raw.readinto(memoryview(buf.numpy())) != end - begin:
                 raise CheckpointError(f"{path} is truncated (tensor {key})")
             t = buf.view(_SAFE_DTYPES[info["dtype"]]).reshape(info["shape"])
-            converted = _convert(t, dtype, channels_last, device)
+            try:
+                converted = _convert(t, dtype, channels_last, device)
+            except Exception as e:  # the device or the dtype, not the file: never reported as damage
+                raise _NotTheFile(e) from e
             tensors[key] = converted.clone() if converted.data_ptr() == t.data_ptr() else converted
     return tensors
 
