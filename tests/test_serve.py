@@ -173,8 +173,8 @@ def test_four_clients_eight_jobs_each_all_finish_and_the_models_load_once(server
 
 def test_progress_then_interrupt_stops_the_running_job(server):
     done = {}
-    body = {"prompt": "a long one", "seed": 1, "steps": 400, "prior_steps": 1, "width": 64, "height": 64,
-            "batch_size": 2}
+    body = {"prompt": "a long one", "seed": 1, "steps": 999, "prior_steps": 1, "width": 128, "height": 128,
+            "batch_size": 2}  # the longest schedule: it runs until interrupted, however fast the machine
     worker = threading.Thread(target=lambda: done.update(answer=server.post("/sdapi/v1/txt2img", body)))
     worker.start()
     for _ in range(600):
@@ -182,7 +182,7 @@ def test_progress_then_interrupt_stops_the_running_job(server):
         if progress["state"]["sampling_step"] > 2:
             break
         threading.Event().wait(0.05)
-    assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == 400
+    assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == 999
     assert progress["state"]["job_count"] >= 1
     assert server.post("/sdapi/v1/interrupt").status_code == 200
     worker.join(60)

@@ -5,6 +5,9 @@ import base64
 import http.client
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -81,17 +84,23 @@ def test_cors_allows_only_the_origin_given(guarded):
 def test_a_full_queue_answers_503_and_the_queue_goes_on(guarded):
     answers = {}
 
-    def send(name, steps):
-        answers[name] = guarded.post("/sdapi/v1/txt2img", {"prompt": name, **TINY, "steps": steps})
+    def send(name, steps, size=64):
+        answers[name] = guarded.post("/sdapi/v1/txt2img", {"prompt": name, **TINY, "steps": steps, "width": size,
+                                                           "height": size})
 
-    long = threading.Thread(target=send, args=("long", 400))
+    def until(condition, what):  # a bounded wait: a broken queue fails the test instead of hanging it
+        deadline = time.monotonic() + 120
+        while not condition():
+            assert time.monotonic() < deadline, f"waited 120 s for {what}; answers: {answers}"
+            time.sleep(0.05)
+
+    # the longest job the schedule allows, interrupted below: it runs for as long as the test needs it
+    long = threading.Thread(target=send, args=("long", 999, 128))
     long.start()
-    while guarded.get("/sdapi/v1/progress").json()["state"]["sampling_step"] < 1:
-        time.sleep(0.05)
+    until(lambda: guarded.get("/sdapi/v1/progress").json()["state"]["sampling_step"] >= 1, "the long job")
     waiting = threading.Thread(target=send, args=("waiting", 1))
     waiting.start()
-    while guarded.status()["queue"]["waiting"] < 1:
-        time.sleep(0.05)
+    until(lambda: guarded.status()["queue"]["waiting"] >= 1, "a job waiting")
     full = guarded.post("/sdapi/v1/txt2img", {"prompt": "one too many", **TINY})
     assert full.status_code == 503 and "queue is full" in full.json()["error"]
     guarded.post("/sdapi/v1/interrupt")
@@ -170,3 +179,32 @@ def test_own_endpoints_fuse_vary_and_outpaint(guarded):
     schema = guarded.get("/kandinsky/v1/schema").json()
     assert schema["inpaint"]["mask"]["type"] == "image" and schema["generate"]["steps"]["max"] == 1000
     assert "linear_prior" not in schema["generate"]
+
+
+def test_a_server_of_several_models_switches_among_them_by_name(prior22, decoder22, tmp_path):
+    """`--model A --model B`: both listed, one loaded at a time; sd_model_checkpoint switches, the next job runs
+    on the other model, and an unknown name is refused before anything loads."""
+    import hubserver
+
+    with hubserver.HubServer(lifetime=240) as hub:
+        tiny = {part: hub.add(f"tiny-community/kandinsky-tiny-{part}", folder)
+                for part, folder in {"prior": prior22, "decoder": decoder22}.items()}
+        registry = tmp_path / "registry.toml"
+        registry.write_text(hubserver.registry_toml({"tiny": tiny, "tiny-b": tiny}))
+        env = {"HF_ENDPOINT": hub.url, "KANDINSKY_HOME": str(tmp_path / "home"), "HF_HOME": str(tmp_path / "hf"),
+               "KANDINSKY_REGISTRY": str(registry), "HF_HUB_OFFLINE": "0", "HF_TOKEN": ""}
+        proc = subprocess.run([sys.executable, "-m", "kcli", "serve", "--model", "tiny", "--model", "nope"],
+                              capture_output=True, text=True, env={**os.environ, **env}, timeout=120, check=False)
+        assert proc.returncode == 1 and one_line_error(proc) == (
+            "error: unknown model 'nope': known models are tiny, tiny-b")
+        with Server("--model", "tiny", "--model", "tiny-b", env=env) as server:
+            assert [m["title"] for m in server.get("/sdapi/v1/sd-models").json()] == ["tiny", "tiny-b"]
+            assert server.status()["checkpoint"] == "tiny" and server.status()["loads"]["models"] == 1
+            assert server.post("/sdapi/v1/options", {"sd_model_checkpoint": "tiny-b"}).status_code == 200
+            assert server.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "tiny-b"
+            answer = server.post("/sdapi/v1/txt2img", {"prompt": "a red cat", "seed": 3, "steps": 1, "width": 64,
+                                                       "height": 64})
+            assert answer.status_code == 200 and len(answer.json()["images"]) == 1
+            status = server.status()
+            assert status["checkpoint"] == "tiny-b" and status["loads"]["models"] == 2
+            assert json.loads(answer.json()["info"])["all_seeds"] == [3]

@@ -12,8 +12,11 @@ from kcli.cli import app
 from kcli.cli.flags import _parameter
 from kcli.pipelines.settings import Loading, settings_of
 
-LOAD = ("model", "prior", "decoder", "offline", "device", "dtype", "memory", "offload", "tile", "compile")
+LOAD = ("prior", "decoder", "offline", "device", "dtype", "memory", "offload", "tile", "compile")
 OWN = {  # the server's own options, after the schema's load-time ones
+    "model": (list[str] | None, None, ("A registry model to serve (2.2 by default). Repeatable: requests switch "
+                                       "among them by name (sd_model_checkpoint, OpenAI's model); one is "
+                                       "loaded at a time.")),
     "inpaint_decoder": (str | None, None, ("With --prior/--decoder: the inpainting decoder that inpaint and "
                                            "outpaint use (a folder or hub id).")),
     "host": (str, "127.0.0.1", "Address to listen on. Any but loopback needs --api-key (or --insecure)."),
@@ -32,7 +35,7 @@ def serve(**options) -> None:
         _serve(**options)
 
 
-def _serve(inpaint_decoder, host, port, api_key, insecure, cors, queue, **load) -> None:
+def _serve(model, inpaint_decoder, host, port, api_key, insecure, cors, queue, **load) -> None:
     import os
 
     from kcli.cli import render
@@ -52,15 +55,22 @@ def _serve(inpaint_decoder, host, port, api_key, insecure, cors, queue, **load) 
     check_binding(host, api_key, insecure)
     if queue < 1:
         raise KandinskyError(f"--queue must be at least 1, got {queue}")
-    named = {k: load.pop(k) for k in ("model", "prior", "decoder")}
-    if named["model"] and (named["prior"] or named["decoder"]):
+    named = {k: load.pop(k) for k in ("prior", "decoder")}
+    models = list(dict.fromkeys(model or []))
+    if models and (named["prior"] or named["decoder"]):
         raise KandinskyError("give --model or --prior/--decoder, not both")
-    name = named["model"] or ("custom" if named["prior"] or named["decoder"] else default_name())
-    checkpoint = Checkpoint(name, inpaint_decoder=inpaint_decoder, **named)
+    if named["prior"] or named["decoder"]:
+        checkpoints = [Checkpoint("custom", inpaint_decoder=inpaint_decoder, **named)]
+    else:
+        from kcli.pipelines.store import load_registry
+
+        for name in models:  # every name known before anything loads
+            load_registry().get(name)
+        checkpoints = [Checkpoint(name, model=name) for name in models or [default_name()]]
     _check_port(host, port)
-    server = create_app(ServerConfig([checkpoint], load=load, api_key=api_key, cors=list(cors or []), queue=queue))
+    server = create_app(ServerConfig(checkpoints, load=load, api_key=api_key, cors=list(cors or []), queue=queue))
     server.state.models.open()  # before listening: a bad checkpoint fails here, in one line
-    render.info(f"serving {name} on http://{host}:{port} (the web page at /, AUTOMATIC1111 at /sdapi/v1, OpenAI at "
+    render.info(f"serving {', '.join(c.name for c in checkpoints)} on http://{host}:{port} (the web page at /, AUTOMATIC1111 at /sdapi/v1, OpenAI at "
                 "/v1); Ctrl-C stops")
     uvicorn.run(server, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
