@@ -117,7 +117,7 @@ def test_templated_names_never_overwrite(models, tmp_path):
 
 
 def test_ctrl_c_keeps_finished_images_and_leaves_no_partial_file(models, tmp_path):
-    lines = 'first\n{"prompt": "second", "steps": 400}\n'
+    lines = 'first\n{"prompt": "second", "steps": 999}\n'  # the longest schedule: still running at the signal
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "kcli", "generate", "--prompts-file", "-", *map(str, models),
                              *map(str, TINY), "-o", str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -179,7 +179,7 @@ def test_progress_then_interrupt_stops_the_running_job(server):
     worker.start()
     for _ in range(600):
         progress = server.get("/sdapi/v1/progress").json()
-        if progress["state"]["sampling_step"] > 2:
+        if progress["state"]["sampling_steps"] == 999 and progress["state"]["sampling_step"] > 2:
             break
         threading.Event().wait(0.05)
     assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == 999
@@ -191,6 +191,8 @@ def test_progress_then_interrupt_stops_the_running_job(server):
     assert server.get("/sdapi/v1/progress").json()["progress"] == 0  # idle again, and still serving:
     assert server.post("/kandinsky/v1/generate", {"prompt": "x", "steps": 1, "prior_steps": 1, "width": 64,
                                                   "height": 64}).status_code == 200
+    idle = server.get("/sdapi/v1/progress").json()["state"]  # a finished job's steps are not reported as running
+    assert (idle["job"], idle["sampling_step"], idle["sampling_steps"]) == ("", 0, 0)
 
 
 def test_png_info_models_and_options_and_no_cors_by_default(server):

@@ -97,7 +97,11 @@ def test_a_full_queue_answers_503_and_the_queue_goes_on(guarded):
     # the longest job the schedule allows, interrupted below: it runs for as long as the test needs it
     long = threading.Thread(target=send, args=("long", 999, 128))
     long.start()
-    until(lambda: guarded.get("/sdapi/v1/progress").json()["state"]["sampling_step"] >= 1, "the long job")
+    def long_running():  # the worker has taken the long job off the queue and is sampling it
+        state = guarded.get("/sdapi/v1/progress").json()["state"]
+        return state["job"] and state["sampling_steps"] == 999 and state["sampling_step"] >= 1
+
+    until(long_running, "the long job")
     waiting = threading.Thread(target=send, args=("waiting", 1))
     waiting.start()
     until(lambda: guarded.status()["queue"]["waiting"] >= 1, "a job waiting")

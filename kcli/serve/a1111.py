@@ -209,7 +209,8 @@ async def progress(http):
         elapsed = time.time() - s.started if running else 0.0
         state = {"skipped": False, "interrupted": worker.interrupt.is_set() and running, "job": s.job,
                  "job_count": worker.waiting() + running, "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
-                 "job_no": max(s.image - 1, 0), "sampling_step": s.done, "sampling_steps": s.total}
+                 "job_no": max(s.image - 1, 0), "sampling_step": s.done if running else 0,
+                 "sampling_steps": s.total if running else 0}
         text = f"{s.stage} {s.done}/{s.total}" if running and s.stage else None
     eta = elapsed / fraction - elapsed if fraction > 0 else None
     return JSONResponse({"progress": fraction, "eta_relative": eta, "state": state, "current_image": None,

@@ -90,8 +90,9 @@ class Worker(Events):
             except BaseException as e:  # noqa: BLE001 - the job's error goes to its request; the worker goes on
                 future.set_exception(e)
             finally:
-                with self.lock:
+                with self.lock:  # idle again: no step of a finished job is reported as if it were running
                     self.state.job, self.state.stage = "", ""
+                    self.state.image = self.state.images = self.state.done = self.state.total = 0
                     self.state.finished += 1
 
     # ---- the pipeline's events --------------------------------------------------------------------------
