@@ -135,11 +135,41 @@ def test_resume_does_not_skip_a_job_made_by_another_model(made, prior22, decoder
     request = TextToImage("a cat", seed=3, steps=2, prior_steps=2, width=64, height=64)
     same = {"prior": str(prior22), "decoder": str(decoder22)}
     assert index.find(request, same) == [tmp_path / "cat.png"]
-    assert index.find(request, {**same, "decoder": "other/decoder"}) is None
-    assert index.find(request, {**same, "dtype": "bf16"}) is None
-    assert index.find(TextToImage("a cat", seed=3, steps=2, prior_steps=2), same) is None  # 512 by default
+    assert index.find(request, {**same, "decoder": "other/decoder"}) == [None]
+    assert index.find(request, {**same, "dtype": "bf16"}) == [None]
+    assert index.find(TextToImage("a cat", seed=3, steps=2, prior_steps=2), same) == [None]  # 512 by default
     assert index.find(TextToImage("a cat", seed=3, steps=2, prior_steps=2, width=64, height=64, num_images=2),
-                      same) is None  # the second image is not there
+                      same) == [tmp_path / "cat.png", None]  # the second image is not there
+
+
+def test_resume_of_a_job_with_some_images_there_makes_only_the_others_as_the_whole_run_would(
+        prior22, decoder22, tmp_path):
+    import numpy as np
+
+    args = ["generate", "a cat", "-n", 4, "--seed", 10, "--name", "img-{index}-{seed}", "--prior", prior22,
+            "--decoder", decoder22, *TINY]
+    whole = tmp_path / "whole"
+    code, _, err = cli(*args, "-o", whole)
+    assert code == 0, err
+    names = [f"img-{i}-{10 + i}.png" for i in range(4)]
+    assert sorted(p.name for p in whole.iterdir()) == names
+
+    def pixels(path):
+        return np.asarray(Image.open(path))
+
+    for kept in ([0, 1], [0, 2, 3]):  # stopped after two images; the second image deleted afterwards
+        folder = tmp_path / "-".join(map(str, kept))
+        folder.mkdir()
+        for i in kept:
+            shutil.copy(whole / names[i], folder / names[i])
+        code, stdout, err = cli(*args, "-o", folder, "--resume")
+        assert code == 0, err
+        missing = [i for i in range(4) if i not in kept]
+        assert stdout.split() == [str(folder / names[i]) for i in missing]  # only those were made
+        assert sorted(p.name for p in folder.iterdir()) == names
+        for i in missing:  # each as the whole run made it: its own seed, its own index in the name
+            assert np.array_equal(pixels(folder / names[i]), pixels(whole / names[i])), names[i]
+            assert metadata.read(folder / names[i])["settings"]["seed"] == 10 + i
 
 
 # ---- 5: a NaN from the decoder ends the job and points at `models verify` ------------------------------------
@@ -253,6 +283,16 @@ def test_info_shows_control_characters_of_a_prompt_escaped(made, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout and "\u202e" not in proc.stdout
     assert "\\x1b[31mred\\x1b]0;owned\\x07 \\u202eevil" in proc.stdout
+
+
+def test_info_json_escapes_c1_codes_and_direction_overrides_yet_reads_back_the_same(made, tmp_path):
+    _, meta = made
+    hostile = "ein Hund, 猫 \x9b31m\x1b[0m\x7f \u202eevil"  # C1 CSI, C0 ESC, DEL, a right-to-left override
+    forged = forge(tmp_path / "esc.png", {**meta, "settings": {**meta["settings"], "prompt": hostile}})
+    proc = run("info", forged, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert not any(c in proc.stdout for c in "\x9b\x1b\x7f\u202e") and "ein Hund, 猫" in proc.stdout
+    assert json.loads(proc.stdout)["settings"]["prompt"] == hostile
 
 
 def test_printable_keeps_text_and_escapes_controls():

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -30,7 +29,7 @@ def info(
     with user_errors():
         meta = metadata.read(image)
         if as_json:
-            typer.echo(json.dumps(meta, indent=2, ensure_ascii=False, sort_keys=True))
+            typer.echo(render.json_text(meta, indent=2, sort_keys=True))
             return
         render.metadata_table(image, meta)
 

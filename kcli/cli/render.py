@@ -17,6 +17,19 @@ from kcli.pipelines.store import human_size  # noqa: F401 (sizes are shown by se
 BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")  # text direction overrides
 
 
+def json_text(value, **dumps) -> str:
+    """``value`` as JSON that keeps non-ASCII text readable yet is safe on a terminal: the control characters
+    JSON leaves raw (DEL, the C1 codes such as U+009B, a terminal's CSI) and text direction overrides become
+    ``\\uXXXX`` escapes, which every JSON reader turns back into the same text."""
+    import json
+
+    text = json.dumps(value, ensure_ascii=False, **dumps)
+    if text.isprintable():
+        return text
+    return "".join(f"\\u{ord(c):04x}" if c not in "\n" and (unicodedata.category(c) == "Cc" or c in BIDI) else c
+                   for c in text)
+
+
 def printable(text) -> str:
     """``text`` safe for a terminal: control characters (escape sequences, carriage returns, bells, C1 codes)
     and text direction overrides shown as ``\\x1b``-style escapes; newlines and tabs kept. Everything printed

@@ -220,9 +220,15 @@ def _prepare(resolved: dict, output: Output, job: batch.Job, build: Build, in_ba
     request = request.seeded()
     request.check()
     folder = out.folder_of(output.output)
-    if index is not None and (found := index.find(request, values)):
+    found = index.find(request, values) if index is not None else []
+    if found and all(found):
         return request, found, True
     target = output.output if not (in_batch and output.output and output.output.suffix) else folder
     names = out.output_paths(target, job.overrides.get("name") or request.label, request.image_seeds(),
-                             output.overwrite, template=values.get("name") or output.name)
+                             output.overwrite or any(found), template=values.get("name") or output.name)
+    if any(found):  # some of its images are there: make the others, under the names the whole job gives them
+        from kcli.pipelines.resume import remaining
+
+        request, part = remaining(request, found)
+        names = names[part]
     return request, names, False

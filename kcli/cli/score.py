@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -158,8 +157,8 @@ def score(
             rows.sort(key=lambda r: -r[2])
         if as_json:
             for path, text, value in rows:
-                typer.echo(json.dumps({"image": str(path), "prompt": text, "score": value, "model": scorer.name},
-                                      ensure_ascii=False))
+                typer.echo(render.json_text({"image": str(path), "prompt": text, "score": value,
+                                             "model": scorer.name}))
             if failed:
                 raise typer.Exit(1)
             return

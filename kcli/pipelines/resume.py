@@ -2,15 +2,17 @@
 
 An index, built once per run from the metadata of the folder's pictures: PNG text chunks, the EXIF of JPEG
 and WebP, never their pixels (``metadata.read``), so a folder of thousands of images is read in about a
-second. A job is done when every image it would make is there, made with the very settings that shape it:
+second. An image of a job is there when a picture records the very settings that shape it:
 the mode, every setting the schema marks ``recorded`` (prompt, negative, seed, size, steps, guidance, sampler,
 prior steps and guidance, prior mode, strength, input pictures ...), the sha256 of each input picture where
 the images record one, and the model, checkpoints and precision loaded. Settings the run leaves to the
-pipeline (a size taken from the input picture, the default model's name) are not compared.
+pipeline (a size taken from the input picture, the default model's name) are not compared. A job with some of
+its images there (``-n 8`` stopped after five) makes only the others (``remaining``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from kcli.errors import KandinskyError
@@ -41,22 +43,27 @@ class Index:
                 continue
             self.made.setdefault(key, []).append((meta, path))
 
-    def find(self, request: Request, loaded: dict) -> list[Path] | None:
-        """The images of ``request`` (seeded), one per image it makes, when all are in the folder; else None.
+    def find(self, request: Request, loaded: dict) -> list[Path | None]:
+        """For each image of ``request`` (seeded) the picture in the folder that it would make, or None.
         ``loaded``: the run's loading settings by name (model, prior, decoder, dtype)."""
         want = _wanted(request)
         load = {k: loaded.get(k) for k in recorded_names(Loading) if loaded.get(k) is not None}
         n = request.best_of
-        found = []
-        for first in request.image_seeds():
-            seeds = range(first, first + n)  # with best_of N, the winner is one of N candidates
-            match = next((path for meta, path in self.made.get((request.mode, request.label), [])
-                          if meta["settings"].get("seed") in seeds and _best_of(meta) == n
-                          and _same(meta, want, load)), None)
-            if match is None:
-                return None
-            found.append(match)
-        return found
+        made = self.made.get((request.mode, request.label), [])
+        return [next((path for meta, path in made  # with best_of N, the winner is one of N candidates
+                      if meta["settings"].get("seed") in range(first, first + n) and _best_of(meta) == n
+                      and _same(meta, want, load)), None)
+                for first in request.image_seeds()]
+
+
+def remaining(request: Request, found: list[Path | None]) -> tuple[Request, slice]:
+    """What is left of a request when ``--resume`` found some of its images: the images from the first missing
+    one to the last, as a request of their own, and which of the request's images (file names) those are. Image
+    i draws only from its own seed, S + i x best_of, so they come out as the whole run would have made them."""
+    missing = [i for i, path in enumerate(found) if path is None]
+    first, last = missing[0], missing[-1]
+    seed = request.image_seeds()[first]
+    return dataclasses.replace(request, seed=seed, num_images=last - first + 1), slice(first, last + 1)
 
 
 def _wanted(request: Request) -> dict:
