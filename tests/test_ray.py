@@ -191,3 +191,54 @@ def test_without_ray_or_without_a_batch_the_flags_end_in_one_line(jobs_file, mod
     assert missing.exit_code == 1 and 'pip install "kandinsky-cli[ray]"' in missing.stderr
     assert missing.stderr.count("error:") == 2 and not (tmp_path / "x").exists()  # the bad line, then Ray
     assert not list(tmp_path.iterdir())  # nothing made anywhere
+
+
+def test_ctrl_c_ends_a_ray_batch_with_130_keeping_finished_images_and_leaving_no_journal(
+        cluster, models, tmp_path):
+    """The command line in its own process, joined to the module's cluster: Ctrl-C after the first image."""
+    import os
+    import signal
+    import subprocess
+
+    address = cluster.get_runtime_context().gcs_address
+    lines = 'first\n{"prompt": "second", "steps": 999}\n'  # the longest schedule: still running at the signal
+    folder = tmp_path / "out"
+    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "kcli", "generate", "--prompts-file", "-", *map(str, models),
+                             *TINY, "-o", str(folder), "--ray", "auto", "--ray-workers", "1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc.stdin.write(lines)
+    proc.stdin.close()
+    proc.stdin = None  # communicate() below must not touch it again
+    deadline = time.monotonic() + 240
+    while not list(folder.glob("first-*.png")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)  # the worker is on the second job's steps
+    proc.send_signal(signal.SIGINT)
+    try:
+        stdout, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the batch did not end within 120 s of Ctrl-C: {proc.communicate()[1][-2000:]}")
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: finished images were kept" in err and "Traceback" not in err
+    assert [p.name for p in folder.iterdir()] == [next(folder.glob("first-*.png")).name]  # no journal, no part
+    assert stdout.split() == [str(next(folder.glob("first-*.png")))]
+
+
+def test_images_saved_before_a_stop_are_reported_from_the_journal(tmp_path):
+    """Ctrl-C between a worker's save and its answer reaching the driver: the journal still names the file."""
+    journal = tmp_path / ".kandinsky-ray-0123"
+    journal.mkdir()
+    request = TextToImage(prompt="a kite", seed=40, num_images=3, width=64, height=64)
+    tasks = [raybatch.Task(0, request, [tmp_path / f"kite-{s}.png" for s in request.image_seeds()]),
+             raybatch.Task(1, TextToImage(prompt="reported", seed=1), [tmp_path / "reported.png"])]
+    meta = {"settings": {"seed": 41, "prompt": "a kite"}, "timings": {"decode": 0.5}}
+    out.save_image(Image.new("RGB", (64, 32)), tmp_path / "kite-41.png", meta)
+    (journal / "0-1").write_text("kite-41.png")  # the second image saved; the first never finished
+    (journal / "0-2").write_text("kite-42.png")  # named, but its file is not there
+    late = raybatch._saved_before_the_stop(journal, tasks, done={1: raybatch.Done(1)})
+    assert [(d.index, d.paths, d.error) for d in late] == [(0, [tmp_path / "kite-41.png"], None)]
+    result = late[0].results[0]
+    assert (result.seed, result.request.seed, result.image, result.timings) == (41, 41, (64, 32), {"decode": 0.5})
+    assert result.request.label == "a kite"

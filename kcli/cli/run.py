@@ -21,7 +21,7 @@ from kcli.cli import output as out
 from kcli.cli.display import Display
 from kcli.cli.flags import Values
 from kcli.errors import KandinskyError
-from kcli.pipelines import Loading, Output, Request, batch
+from kcli.pipelines import Loading, Output, Request, batch, resume
 from kcli.pipelines.settings import settings_of
 
 Build = Callable[[str, dict], Request]  # (a job's prompt, its settings by name) -> the request
@@ -87,9 +87,7 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
     todo = []
     index = None
     if output.resume:  # read once, from the pictures' metadata only
-        from kcli.pipelines.resume import Index
-
-        index = Index(out.folder_of(output.output))
+        index = resume.Index(out.folder_of(output.output))
     for j, job in enumerate(jobs):
         try:
             request, paths, done = _prepare(resolved, output, job, build, in_batch, index)
@@ -227,8 +225,6 @@ def _prepare(resolved: dict, output: Output, job: batch.Job, build: Build, in_ba
     names = out.output_paths(target, job.overrides.get("name") or request.label, request.image_seeds(),
                              output.overwrite or any(found), template=values.get("name") or output.name)
     if any(found):  # some of its images are there: make the others, under the names the whole job gives them
-        from kcli.pipelines.resume import remaining
-
-        request, part = remaining(request, found)
+        request, part = resume.remaining(request, found)
         names = names[part]
     return request, names, False

@@ -121,10 +121,16 @@ def run(tasks: list[Task], load: Loading, save: Callable, *, folder: Path, addre
             plan = make_plan(ray, load, len(tasks), workers)
             check_shared(ray, plan.nodes, folder, journal, token)
             Relay(events).note(plan.describe())
-            for d in _stream(ray, tasks, load, save, plan, journal, inpainting, hinted):
-                done[d.index] = d
-                if on_done is not None:
-                    on_done(d)
+            try:
+                for d in _stream(ray, tasks, load, save, plan, journal, inpainting, hinted):
+                    done[d.index] = d
+                    if on_done is not None:
+                        on_done(d)
+            except KeyboardInterrupt:  # images saved whose answer was still on its way are reported too
+                for d in _saved_before_the_stop(journal, tasks, done):
+                    if on_done is not None:
+                        on_done(d)
+                raise
     finally:
         shutil.rmtree(journal, ignore_errors=True)
         if made and folder.is_dir() and not any(folder.iterdir()):
@@ -135,6 +141,50 @@ def run(tasks: list[Task], load: Loading, save: Callable, *, folder: Path, addre
         if on_done is not None:
             on_done(d)
     return [*done.values(), *lost]
+
+
+@dataclass
+class Saved:
+    """An image's result read back from its file, for a job whose answer never came (what a front end prints)."""
+
+    image: Size
+    seed: int
+    request: Request
+    timings: dict
+    score: float | None
+    metadata: dict
+
+
+def _saved_before_the_stop(journal: Path, tasks: list[Task], done: dict) -> list[Done]:
+    """The jobs not reported yet of which a worker saved images (the journal names each file it saved): each
+    with those files and their results, read back from the files' metadata."""
+    from PIL import Image
+
+    from kcli.pipelines import imagemeta
+
+    late = []
+    for task in (t for t in tasks if t.index not in done):
+        report = Done(task.index)
+        for i, seed in enumerate(task.request.image_seeds()):
+            entry = journal / f"{task.index}-{i}"
+            path = journal.parent / entry.read_text() if entry.is_file() else None
+            if path is None or not path.is_file():
+                continue
+            try:
+                meta = imagemeta.read(path)
+                with Image.open(path) as image:
+                    size = Size(*image.size)
+            except (KandinskyError, OSError):  # gone bad since: still on disk, still reported
+                meta, size = {}, Size(0, 0)
+            score = meta.get("score") if isinstance(meta.get("score"), dict) else {}
+            settings = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
+            seed = settings.get("seed", seed)  # with best_of, the kept candidate's
+            report.paths.append(path)
+            report.results.append(Saved(size, seed, dataclasses.replace(task.request, seed=seed, num_images=1),
+                                        meta.get("timings") or {}, score.get("clip"), meta))
+        if report.paths:
+            late.append(report)
+    return late
 
 
 # ---- the cluster ------------------------------------------------------------------------------------------
