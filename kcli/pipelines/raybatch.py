@@ -263,10 +263,10 @@ def check_shared(ray, nodes: list, folder: Path, journal: Path, token: str) -> N
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     sees = ray.remote(num_cpus=0, max_retries=0)(_sees)
-    asked = {n["NodeManagerAddress"]: sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-        n["NodeID"], soft=False)).remote(str(journal / "marker"), token) for n in nodes}
+    asked = [(n["NodeManagerAddress"], sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n["NodeID"], soft=False)).remote(str(journal / "marker"), token)) for n in nodes]  # each node, even two on one host
     blind = []
-    for host, answer in asked.items():
+    for host, answer in asked:
         try:
             if not ray.get(answer, timeout=ANSWER_S):
                 blind.append(host)
