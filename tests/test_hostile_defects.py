@@ -208,6 +208,20 @@ def test_info_reads_a_huge_picture_without_decoding_it(made, tmp_path, monkeypat
     assert error_line(*cli("info", tmp_path / "x.png")[::2]) == f"error: {tmp_path / 'x.png'} is a folder, not an image"
 
 
+def test_a_limit_above_pils_own_lets_a_picture_that_large_through(tmp_path, monkeypatch):
+    from kcli.errors import KandinskyError
+    from kcli.pipelines.files import load_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # PIL's figure is back after the test
+    big = tmp_path / "big.png"
+    Image.new("1", (14000, 13000)).save(big)  # 182 megapixels: above the 179 PIL refuses by itself
+    monkeypatch.setenv("KANDINSKY_MAX_PIXELS", "200000000")
+    assert load_image(big, header_only=True) is None
+    monkeypatch.setenv("KANDINSKY_MAX_PIXELS", "100000000")
+    with pytest.raises(KandinskyError, match=r"is 14000x13000, 182 megapixels: above the limit of 100 "):
+        load_image(big, header_only=True)
+
+
 @pytest.mark.parametrize("command", ["vary", "inpaint-image", "inpaint-mask", "fuse", "outpaint"])
 def test_a_bomb_given_to_any_command_is_refused_from_its_header(tmp_path_factory, tmp_path, command):
     bomb = tmp_path_factory.getbasetemp() / "bomb-10000.png"

@@ -10,8 +10,15 @@ HIGH_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I"
 
 
 def max_pixels() -> int:
+    """The most pixels a picture may have. PIL refuses, as it opens a picture, anything above twice its own
+    figure (179 MP) whatever we allow: where our limit is higher, PIL's is raised to it."""
+    from PIL import Image
+
     value = os.environ.get("KANDINSKY_MAX_PIXELS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else MAX_PIXELS
+    limit = int(value) if value.isdigit() and int(value) > 0 else MAX_PIXELS
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit
+    return limit
 
 
 def eight_bit(image):
@@ -35,12 +42,12 @@ def load_image(path, what: str = "image", header_only: bool = False):
     from kcli.errors import KandinskyError
 
     p = str(path)
+    limit = max_pixels()
     try:
         with warnings.catch_warnings():  # our own limit speaks below, in one line; PIL's warning would not
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             opened = Image.open(p)
         with opened as im:  # reads the header only
-            limit = max_pixels()
             if im.width * im.height > limit:
                 raise KandinskyError(f"{what} {p} is {im.width}x{im.height}, {im.width * im.height / 1e6:.0f} "
                                      f"megapixels: above the limit of {limit / 1e6:g} (set KANDINSKY_MAX_PIXELS "

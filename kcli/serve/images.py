@@ -32,9 +32,9 @@ def open_image(raw: bytes, what: str):
     """A decoded picture (EXIF rotation applied); pictures beyond the pixel limit are refused unread."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    limit = max_pixels()
     try:
         with Image.open(io.BytesIO(raw)) as im:
-            limit = max_pixels()
             if im.width * im.height > limit:
                 raise ApiError(f"{what} is {im.width}x{im.height}: above the limit of {limit / 1e6:g} megapixels",
                                413)
