@@ -195,6 +195,34 @@ def test_progress_then_interrupt_stops_the_running_job(server):
     assert (idle["job"], idle["sampling_step"], idle["sampling_steps"]) == ("", 0, 0)
 
 
+def test_the_cli_client_hears_the_servers_progress_on_its_own_job(server, monkeypatch):
+    from kcli.pipelines import TextToImage
+    from kcli.serve import client
+
+    monkeypatch.setattr(client, "EVERY", 0.02)  # look often: tiny steps are quick
+    heard = []
+
+    class Ear:
+        def image(self, index, count, seed, candidate=None):
+            heard.append(("image", index, count, seed))
+
+        def progress(self, stage, done, total):
+            heard.append((stage, done, total))
+
+    request = TextToImage(prompt="heard", seed=5, steps=300, prior_steps=1, width=64, height=64, num_images=2)
+    results = list(client.Remote(server.url, events=Ear()).run(request))
+    assert [r.seed for r in results] == [5, 6]
+    images = [h for h in heard if h[0] == "image"]
+    assert images and all(h == ("image", h[1], 2, 4 + h[1]) for h in images), images  # image i: seed 5 + i - 1
+    steps = [h for h in heard if h[0] == "decoder"]
+    assert any(0 < done < 300 for _, done, _ in steps) and steps[-1] == ("decoder", 300, 300), steps
+    assert all(total == 300 for _, _, total in steps)
+
+    named = {"X-Kandinsky-Job": "not hex!"}
+    answer = server.post("/kandinsky/v1/generate", {"prompt": "x", "steps": 1, "prior_steps": 1}, headers=named)
+    assert answer.status_code == 400 and "X-Kandinsky-Job" in answer.json()["error"]
+
+
 def test_png_info_models_and_options_and_no_cors_by_default(server):
     assert "access-control-allow-origin" not in server.get("/v1/models", headers={"Origin": "http://a.example"}).headers
 

@@ -117,7 +117,7 @@ def run(values: Values, classes: tuple, build: Build, *, recorded: dict | None =
             if server:  # the server's models do the work; files and metadata are written here as usual
                 from kcli.serve.client import Remote
 
-                k = Remote(server, api_key=os.environ.get("KANDINSKY_API_KEY"))
+                k = Remote(server, api_key=os.environ.get("KANDINSKY_API_KEY"), events=display)
             else:
                 from kcli.pipelines import Kandinsky, planned_size
 

@@ -22,7 +22,7 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from kcli.errors import KandinskyError
-from kcli.serve.errors import one_line
+from kcli.serve.errors import ApiError, one_line
 from kcli.serve.models import Checkpoint, Models
 from kcli.serve.security import MAX_BODY, Guard
 from kcli.serve.worker import Worker, collect
@@ -80,8 +80,6 @@ async def _error(request: Request, error: Exception) -> JSONResponse:
 async def read_json(request: Request):
     import json
 
-    from kcli.serve.errors import ApiError
-
     raw = await request.body()
     try:
         return json.loads(raw or b"{}")
@@ -90,8 +88,12 @@ async def read_json(request: Request):
 
 
 async def submit(request: Request, name: str, job):
-    """Queue ``job(models)`` on the worker and wait for its result (a full queue is a 503 at once)."""
-    return await asyncio.wrap_future(request.app.state.worker.submit(name, job))
+    """Queue ``job(models)`` on the worker and wait for its result (a full queue is a 503 at once). A client
+    may name the job (header ``X-Kandinsky-Job``, 8 to 64 hex digits) to find it in ``/kandinsky/v1/status``."""
+    tag = request.headers.get("x-kandinsky-job", "")
+    if tag and not (8 <= len(tag) <= 64 and all(c in "0123456789abcdef" for c in tag)):
+        raise ApiError("the header X-Kandinsky-Job must be 8 to 64 lowercase hex digits")
+    return await asyncio.wrap_future(request.app.state.worker.submit(name, job, tag))
 
 
 async def generate(request: Request, made, checkpoint: str | None = None):

@@ -12,6 +12,8 @@ import base64
 import dataclasses
 import io
 import json
+import secrets
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from kcli.pipelines.settings import record
 from kcli.serve.own import REFUSED, fields_of
 
 TIMEOUT = 24 * 3600  # seconds: a job waits in the queue, then runs; the server answers when it is done
+EVERY = 0.25  # seconds between two looks at the server's progress while a job runs
 
 
 @dataclass
@@ -62,12 +65,12 @@ def _json(value):
 
 
 class Remote:
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = TIMEOUT):
-        self.url, self.api_key, self.timeout = url.rstrip("/"), api_key, timeout
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = TIMEOUT, events=None):
+        self.url, self.api_key, self.timeout, self.events = url.rstrip("/"), api_key, timeout, events
 
-    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+    def call(self, method: str, path: str, body: dict | None = None, tag: str = "") -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **({"X-Kandinsky-Job": tag} if tag else {})}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
@@ -99,7 +102,9 @@ class Remote:
         """One result per image, as ``Kandinsky.run`` yields them (all at once, when the server is done)."""
         from PIL import Image
 
-        answer = self.call("POST", f"/kandinsky/v1/{request.mode}", body_of(request))
+        body, tag = body_of(request), secrets.token_hex(8)
+        with Watch(self, tag, request):  # the server's progress on this job, relayed to ``events``
+            answer = self.call("POST", f"/kandinsky/v1/{request.mode}", body, tag)
         for item in answer["images"]:
             image = Image.open(io.BytesIO(base64.b64decode(item["png"])))
             image.load()
@@ -108,6 +113,56 @@ class Remote:
                                local_metadata(item["metadata"], made))
         if answer.get("interrupted"):
             raise KandinskyError("the job was interrupted on the server: finished images were kept")
+
+
+class Watch:
+    """While a job's request waits for its answer, a thread looks at the server's status every ``EVERY``
+    seconds and tells ``remote.events`` where the job (found by its tag) stands: the image it is on and each
+    stage's step, as a local run would. A stage that ended between two looks is reported ended."""
+
+    def __init__(self, remote: Remote, tag: str, request):
+        self.remote, self.tag, self.seeds = remote, tag, request.image_seeds() if request.seed is not None else []
+        self.stop, self.image, self.stage = threading.Event(), 0, None  # stage: (name, total) being reported
+        self.thread = threading.Thread(target=self._follow, name="kandinsky-remote-progress", daemon=True)
+
+    def __enter__(self):
+        if self.remote.events is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        if exc[0] is None:
+            self._end_stage()
+
+    def _follow(self) -> None:
+        while not self.stop.wait(EVERY):
+            try:
+                running = self.remote.call("GET", "/kandinsky/v1/status").get("running") or {}
+            except KandinskyError:  # the job's own answer reports a server gone away
+                continue
+            if running.get("job") == self.tag:
+                self._heard(running)
+
+    def _heard(self, p: dict) -> None:
+        events = self.remote.events
+        if p.get("image", 0) >= 1 and p["image"] != self.image:
+            self._end_stage()
+            self.image = p["image"]
+            seed = self.seeds[self.image - 1] if self.image <= len(self.seeds) else 0
+            events.image(self.image, p.get("images", 1), seed)
+        if p.get("stage") and p.get("total"):
+            if self.stage and self.stage[0] != p["stage"]:
+                self._end_stage()
+            self.stage = (p["stage"], p["total"])
+            events.progress(p["stage"], p["done"], p["total"])
+
+    def _end_stage(self) -> None:
+        if self.stage is not None:
+            self.remote.events.progress(self.stage[0], self.stage[1], self.stage[1])
+            self.stage = None
 
 
 def local_metadata(meta: dict, request) -> dict:

@@ -3,7 +3,8 @@
     POST /kandinsky/v1/{generate|image-to-image|fuse|vary|inpaint|outpaint}
         {"prompt": "...", "seed": 7, "steps": 30, "image": "<base64>", "mask": "<base64>", ...}
     -> {"images": [{"png": "<base64 PNG with metadata>", "seed": 7, "metadata": {...}}], "interrupted": false}
-    GET  /kandinsky/v1/status   the checkpoints, how often models were loaded, the queue
+    GET  /kandinsky/v1/status   the checkpoints, how often models were loaded, the queue, the running job's
+                                progress (its mode, the client's X-Kandinsky-Job name, image, stage, step)
     GET  /kandinsky/v1/schema   each mode's fields, types, defaults and bounds (for the web page)
 
 A body's keys are the request's settings (those a batch line or a flag may set); pictures are base64;
@@ -140,9 +141,14 @@ async def status(http):
 
     app = http.app
     worker, models = app.state.worker, app.state.models
+    with worker.lock:
+        s = worker.state
+        running = {"mode": s.job, "job": s.tag or None, "image": s.image, "images": s.images, "stage": s.stage,
+                   "done": s.done, "total": s.total} if s.job else None
+        finished = s.finished
     return JSONResponse({"version": kcli.__version__, "checkpoint": models.current, "checkpoints": models.names(),
                          "loads": models.loads, "queue": {"waiting": worker.waiting(), "size": worker.jobs.maxsize},
-                         "running": worker.state.job or None, "finished": worker.state.finished})
+                         "running": running, "finished": finished})
 
 
 async def get_schema(http):

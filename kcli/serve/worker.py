@@ -28,6 +28,7 @@ class State:
     """What the worker is doing now (what progress reports)."""
 
     job: str = ""  # "" when idle
+    tag: str = ""  # the client's name for the running job (X-Kandinsky-Job), so it can follow its progress
     started: float = 0.0
     image: int = 0  # the image being made, from 1
     images: int = 0
@@ -64,11 +65,11 @@ class Worker(Events):
         except queue.Full:
             pass
 
-    def submit(self, name: str, job: Callable) -> Future:
+    def submit(self, name: str, job: Callable, tag: str = "") -> Future:
         """Queue ``job(models)``; its future holds the result. A full queue raises a 503 error."""
         future: Future = Future()
         try:
-            self.jobs.put_nowait((name, job, future))
+            self.jobs.put_nowait((name, job, future, tag))
         except queue.Full:
             raise ApiError(f"the queue is full ({self.jobs.maxsize} jobs waiting): try again later", 503) from None
         return future
@@ -78,12 +79,12 @@ class Worker(Events):
 
     def _loop(self) -> None:
         while (item := self.jobs.get()) is not None:
-            name, job, future = item
+            name, job, future, tag = item
             if not future.set_running_or_notify_cancel():
                 continue
             self.interrupt.clear()
             with self.lock:
-                self.state.job, self.state.started, self.state.notes = name, time.time(), []
+                self.state.job, self.state.tag, self.state.started, self.state.notes = name, tag, time.time(), []
                 self.state.image = self.state.images = self.state.done = self.state.total = 0
             try:
                 future.set_result(job(self.models))
@@ -91,7 +92,7 @@ class Worker(Events):
                 future.set_exception(e)
             finally:
                 with self.lock:  # idle again: no step of a finished job is reported as if it were running
-                    self.state.job, self.state.stage = "", ""
+                    self.state.job, self.state.tag, self.state.stage = "", "", ""
                     self.state.image = self.state.images = self.state.done = self.state.total = 0
                     self.state.finished += 1
 
